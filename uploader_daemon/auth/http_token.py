@@ -1,0 +1,96 @@
+"""Password login and token refresh over HTTP (flows T and C).
+
+Login: ``POST {base}{login.path}`` with ``{"username": ..., "password": ...}``; the token
+and its lifetime are read through the configured dotted paths. Refresh: the refresh
+endpoint called with the current token in the configured header.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+from uploader_daemon.auth.grant import TokenGrant, TokenRequestError, expiry_for
+from uploader_daemon.clock import Clock
+from uploader_daemon.config.auth import TokenAuth
+from uploader_daemon.delivery.templating import MissingValueError, dig
+from uploader_daemon.http import NetworkError, excerpt, join_url, send
+
+
+class HttpTokenProvider:
+    """Logs in and refreshes against the target's API."""
+
+    def __init__(self, settings: TokenAuth, base_url: str, client: httpx.AsyncClient, clock: Clock) -> None:
+        self._settings = settings
+        self._base_url = base_url
+        self._client = client
+        self._clock = clock
+
+    @property
+    def can_refresh(self) -> bool:
+        return self._settings.refresh.path is not None
+
+    async def login(self) -> TokenGrant:
+        login = self._settings.login
+        body = {login.username_field: login.username, login.password_field: login.password.value}
+        return await self._request(
+            "login", login.method, login.path, {"json": body},
+            token_field=login.token_field, expires_in_field=login.expires_in_field,
+        )
+
+    async def refresh(self, grant: TokenGrant) -> TokenGrant:
+        refresh = self._settings.refresh
+        assert refresh.path is not None
+        header = self._settings.header.replace("{token}", grant.token)
+        return await self._request(
+            "refresh", refresh.method, refresh.path, {"headers": {self._settings.header_name: header}},
+            token_field=refresh.token_field or self._settings.login.token_field,
+            expires_in_field=refresh.expires_in_field or self._settings.login.expires_in_field,
+        )
+
+    async def _request(
+        self, what: str, method: str, path: str, options: dict[str, Any], *,
+        token_field: str, expires_in_field: str | None,
+    ) -> TokenGrant:
+        sent_at = self._clock.now()
+        try:
+            response = await send(self._client, method, join_url(self._base_url, path), **options)
+        except NetworkError as error:
+            raise TokenRequestError(f"{what} request failed: {error}") from None
+        status = response.status_code
+        if not 200 <= status < 300:
+            raise TokenRequestError(
+                f"{what} answered {status} {response.reason_phrase}: {excerpt(response, 200)}".rstrip(": "),
+                status=status,
+                rejected=status in (400, 401, 403),
+            )
+        try:
+            data = response.json()
+        except ValueError:
+            raise TokenRequestError(
+                f"{what} answered {status} but the body is not JSON: {excerpt(response, 100)}", status=status
+            ) from None
+        try:
+            token = dig(data, token_field)
+        except MissingValueError:
+            raise TokenRequestError(
+                f"{what} answered {status} without a token at {token_field!r}", status=status
+            ) from None
+        if not isinstance(token, str) or not token:
+            raise TokenRequestError(f"{what} answered {status} but {token_field!r} is not a token", status=status)
+        expires_in = _optional(data, expires_in_field)
+        try:
+            expires_at = expiry_for(token, sent_at, expires_in, self._settings.default_lifetime)
+        except ValueError as error:
+            raise TokenRequestError(f"{what} answered {status} but {error}", status=status) from None
+        return TokenGrant(token=token, expires_at=expires_at, obtained_at=sent_at)
+
+
+def _optional(data: object, path: str | None) -> object:
+    if path is None:
+        return None
+    try:
+        return dig(data, path)
+    except MissingValueError:
+        return None

@@ -1,0 +1,238 @@
+"""The token lifecycle shared by every kind that logs in (HTTP token, JWT, Cognito).
+
+Rules, whatever the provider:
+
+- Before every request the token is checked; a token known to be expired (or within
+  ``expiry_margin`` of it) is never sent: the daemon logs in first.
+- Only one login or refresh runs at a time (single-flight); concurrent uploads wait for
+  it and then use its result.
+- The scheduled check renews only when less than ``before_expiry`` is left **and** the
+  API was used within ``active_within`` (or files are waiting); an idle daemon lets the
+  token lapse. A refresh refused with 401/403 falls back to one password login; a
+  network error or 5xx keeps the current token until the next check.
+- A failed login is logged (never the password) and retried with the target's backoff;
+  until then :class:`LoginFailedError` tells callers when to come back.
+- A 401 discards exactly the token that was refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+from collections.abc import Callable
+from typing import Protocol
+
+from uploader_daemon.activity import ApiActivity
+from uploader_daemon.auth.base import AuthHeaders
+from uploader_daemon.auth.grant import TokenGrant, TokenRequestError
+from uploader_daemon.auth.store import TokenStore
+from uploader_daemon.backoff import backoff_delay
+from uploader_daemon.clock import Clock
+from uploader_daemon.config.auth import RenewalSettings
+from uploader_daemon.config.schema import RetrySettings
+from uploader_daemon.errors import LoginFailedError
+from uploader_daemon.logs import Redactor, get_logger
+
+log = get_logger(__name__)
+
+
+class TokenProvider(Protocol):
+    """Talks to the identity service; knows nothing of timing or concurrency."""
+
+    @property
+    def can_refresh(self) -> bool:
+        """Whether :meth:`refresh` exists (else renewal is a new login)."""
+
+    async def login(self) -> TokenGrant:
+        """Log in with the password. Raises :class:`TokenRequestError`."""
+
+    async def refresh(self, grant: TokenGrant) -> TokenGrant:
+        """Exchange a valid grant for a new one. Raises :class:`TokenRequestError`."""
+
+
+class ManagedTokenCredential:
+    """A provider's tokens, kept valid by the rules in this module's docstring."""
+
+    def __init__(
+        self,
+        *,
+        target: str,
+        provider: TokenProvider,
+        store: TokenStore,
+        clock: Clock,
+        activity: ApiActivity,
+        renewal: RenewalSettings,
+        retry: RetrySettings,
+        header_name: str,
+        header_template: str,
+        expiry_margin: float,
+        redactor: Redactor,
+        on_new_token: Callable[[float], None] | None = None,
+    ) -> None:
+        self._target = target
+        self._provider = provider
+        self._store = store
+        self._clock = clock
+        self._activity = activity
+        self._renewal = renewal
+        self._retry = retry
+        self._header_name = header_name
+        self._header_template = header_template
+        self._margin = expiry_margin
+        self._redactor = redactor
+        self._on_new_token = on_new_token
+        self._grant: TokenGrant | None = None
+        self._generation = 0
+        self._lock = asyncio.Lock()
+        self._login_failures = 0
+        self._login_retry_at = 0.0
+        self._log = log.bind(target=target)
+
+    @property
+    def check_every(self) -> float:
+        return self._renewal.check_every
+
+    @property
+    def expires_at(self) -> float | None:
+        return self._grant.expires_at if self._grant else None
+
+    @property
+    def renew_at(self) -> float | None:
+        """When the scheduler should look again: ``before_expiry`` ahead of expiry."""
+        return self._grant.expires_at - self._renewal.before_expiry if self._grant else None
+
+    def on_new_token(self, callback: Callable[[float], None]) -> None:
+        """Call ``callback(renew_at)`` whenever a new token arrives (the scheduler hook)."""
+        self._on_new_token = callback
+
+    def restore(self) -> None:
+        grant = self._store.load()
+        if grant is None or not self._usable(grant):
+            return
+        self._redactor.add(grant.token)
+        if grant.refresh_token:
+            self._redactor.add(grant.refresh_token)
+        self._grant = grant
+        self._generation += 1
+        self._log.info("token_restored", expires_at=_iso(grant.expires_at))
+        self._announce(grant)
+
+    async def headers(self) -> AuthHeaders:
+        grant = self._grant
+        if grant is None or not self._usable(grant):
+            async with self._lock:
+                grant = self._grant
+                if grant is None or not self._usable(grant):
+                    grant = await self._login(reason="no valid token" if grant is None else "token expired")
+        return self._headers_for(grant)
+
+    def rejected(self, used: AuthHeaders) -> None:
+        if self._grant is not None and used.generation == self._generation:
+            self._grant = None
+            self._store.clear()
+            self._log.warning("token_discarded", reason="the API answered 401")
+
+    async def renew_if_due(self) -> None:
+        try:
+            await self._renew_if_due()
+        except Exception as error:  # the scheduled job must never die
+            self._log.error("token_check_failed", error=str(error), error_type=type(error).__name__)
+            self._log.debug("token_check_traceback", exc_info=True)
+
+    async def _renew_if_due(self) -> None:
+        grant = self._grant
+        if grant is None:
+            return
+        remaining = grant.expires_at - self._clock.now()
+        if remaining > self._renewal.before_expiry:
+            self._log.debug("token_renewal_not_due", expires_in=round(remaining))
+            return
+        if not self._activity.is_active(self._renewal.active_within):
+            self._log.info("token_renewal_skipped", reason="idle", expires_in=round(remaining))
+            return
+        async with self._lock:
+            if self._grant is not grant:
+                return  # renewed (or discarded) while we waited for the lock
+            if self._provider.can_refresh and self._usable(grant):
+                await self._refresh(grant)
+            else:
+                # Refreshing would send an expired token: log in instead.
+                await self._login_quietly(reason="token expiring, no refresh possible")
+
+    async def _refresh(self, grant: TokenGrant) -> None:
+        try:
+            new_grant = await self._provider.refresh(grant)
+        except TokenRequestError as error:
+            if error.rejected:
+                self._log.warning("token_refresh_rejected", status=error.status, error=str(error))
+                await self._login_quietly(reason="refresh rejected")
+            else:
+                self._log.warning(
+                    "token_refresh_failed", status=error.status, error=str(error),
+                    action="keeping the current token; trying again at the next check",
+                )
+            return
+        self._accept(new_grant, event="token_refreshed")
+
+    async def _login_quietly(self, reason: str) -> None:
+        try:
+            await self._login(reason=reason)
+        except LoginFailedError:
+            pass  # already logged; uploads will try again after the backoff
+
+    async def _login(self, reason: str) -> TokenGrant:
+        now = self._clock.now()
+        if now < self._login_retry_at:
+            raise LoginFailedError(
+                "login is backing off after a failure", retry_at=self._login_retry_at
+            )
+        self._log.info("login_started", reason=reason)
+        try:
+            grant = await self._provider.login()
+        except TokenRequestError as error:
+            self._login_failures += 1
+            delay = backoff_delay(self._login_failures, self._retry.backoff, self._retry.max_backoff)
+            self._login_retry_at = self._clock.now() + delay
+            self._log.error(
+                "login_failed", status=error.status, error=str(error),
+                failures=self._login_failures, retry_in=round(delay, 1),
+                hint="check the username and password" if error.rejected else None,
+            )
+            raise LoginFailedError(str(error), retry_at=self._login_retry_at, status=error.status) from None
+        self._login_failures = 0
+        self._login_retry_at = 0.0
+        self._accept(grant, event="logged_in")
+        return grant
+
+    def _accept(self, grant: TokenGrant, event: str) -> None:
+        # Register before anything could log it; old tokens stay registered because a
+        # late error message may still quote them.
+        self._redactor.add(grant.token)
+        if grant.refresh_token:
+            self._redactor.add(grant.refresh_token)
+        elif self._grant is not None and self._grant.refresh_token:
+            # Cognito's refresh answer carries no new refresh token: keep the old one.
+            grant = TokenGrant(grant.token, grant.expires_at, grant.obtained_at, self._grant.refresh_token)
+        self._grant = grant
+        self._generation += 1
+        self._store.save(grant)
+        self._log.info(event, expires_at=_iso(grant.expires_at),
+                       lifetime=round(grant.expires_at - grant.obtained_at))
+        self._announce(grant)
+
+    def _announce(self, grant: TokenGrant) -> None:
+        if self._on_new_token is not None:
+            self._on_new_token(grant.expires_at - self._renewal.before_expiry)
+
+    def _usable(self, grant: TokenGrant) -> bool:
+        # The margin never eats more than a tenth of a short-lived token's lifetime.
+        margin = min(self._margin, (grant.expires_at - grant.obtained_at) / 10)
+        return self._clock.now() < grant.expires_at - margin
+
+    def _headers_for(self, grant: TokenGrant) -> AuthHeaders:
+        value = self._header_template.replace("{token}", grant.token)
+        return AuthHeaders({self._header_name: value}, self._generation)
+
+
+def _iso(timestamp: float) -> str:
+    return datetime.datetime.fromtimestamp(timestamp, datetime.UTC).isoformat(timespec="seconds")

@@ -1,0 +1,266 @@
+"""Read the YAML file and turn it into a :class:`Config`, or refuse it with every problem.
+
+Each problem is one line: the key path, then a sentence saying what is wrong and what
+to write instead (``targets[0].auth.refresh.check_every: '30x' is not a duration; ...``).
+YAML syntax errors give the line and column. Nothing here logs or prints: the caller
+decides how to show a :class:`ConfigError`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+
+import yaml
+from pydantic import BaseModel, ValidationError
+from pydantic_core import ErrorDetails
+
+from uploader_daemon.config.schema import Config
+from uploader_daemon.errors import ConfigError
+
+DEFAULT_CONFIG_PATH = Path("/etc/uploader-daemon/config.yaml")
+CONFIG_ENV_VAR = "UPLOADER_DAEMON_CONFIG"
+
+
+def default_config_path(environ: Mapping[str, str]) -> Path:
+    """``$UPLOADER_DAEMON_CONFIG``, else ``/etc/uploader-daemon/config.yaml``."""
+    return Path(environ[CONFIG_ENV_VAR]) if environ.get(CONFIG_ENV_VAR) else DEFAULT_CONFIG_PATH
+
+
+def load_config(
+    path: Path, environ: Mapping[str, str] | None = None, *, resolve_secrets: bool = True
+) -> Config:
+    """Read, parse and validate the config file at ``path``.
+
+    ``environ`` supplies ``{env: NAME}`` secrets and ``$CREDENTIALS_DIRECTORY``
+    (default: the process environment); with ``resolve_secrets=False`` secrets are left
+    unread (for ``status``). Raises :class:`ConfigError`.
+    """
+    source = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(source, ["the config file does not exist; create it (see config/example.yaml) or pass --config"]) from None
+    except PermissionError:
+        raise ConfigError(source, ["the config file is not readable by this user (permission denied)"]) from None
+    except IsADirectoryError:
+        raise ConfigError(source, ["this is a directory; --config needs the YAML file"]) from None
+    except UnicodeDecodeError:
+        raise ConfigError(source, ["the config file is not UTF-8 text"]) from None
+    return parse_config(text, source, os.environ if environ is None else environ, resolve_secrets=resolve_secrets)
+
+
+def parse_config(
+    text: str, source: str, environ: Mapping[str, str], *, resolve_secrets: bool = True
+) -> Config:
+    """Validate YAML ``text``; ``source`` names it in error messages."""
+    data = _load_yaml(text, source)
+    try:
+        config = Config.model_validate(data, context={"environ": environ, "skip_secrets": not resolve_secrets})
+    except ValidationError as error:
+        details = _without_consequences(error.errors(include_url=False))
+        problems = [_describe(detail, data) for detail in details]
+        raise ConfigError(source, _unique(problems)) from None
+    problems = _check_folders(config)
+    if problems:
+        raise ConfigError(source, problems)
+    return config
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """A SafeLoader that refuses duplicate keys instead of silently keeping the last."""
+
+
+def _mapping_without_duplicates(loader: _StrictLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    loader.flatten_mapping(node)
+    seen: dict[Any, yaml.Node] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        if key in seen:
+            line = key_node.start_mark.line + 1
+            first = seen[key].start_mark.line + 1
+            raise yaml.constructor.ConstructorError(
+                None, None, f"key {key!r} appears twice (lines {first} and {line}); keep one", key_node.start_mark
+            )
+        seen[key] = key_node
+    return loader.construct_mapping(node, deep=True)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_without_duplicates)
+
+
+def _load_yaml(text: str, source: str) -> dict[str, Any]:
+    try:
+        data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 -- a SafeLoader subclass
+    except yaml.MarkedYAMLError as error:
+        mark = error.problem_mark or error.context_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "somewhere"
+        what = error.problem or error.context or "invalid YAML"
+        raise ConfigError(source, [f"{where}: YAML syntax error: {what}"]) from None
+    except yaml.YAMLError as error:
+        raise ConfigError(source, [f"YAML syntax error: {error}"]) from None
+    if data is None:
+        raise ConfigError(source, ["the config file is empty; start from config/example.yaml"])
+    if not isinstance(data, dict):
+        kind = type(data).__name__
+        raise ConfigError(source, [f"the top level must be a mapping of keys (state_dir, targets, ...), not a {kind}"])
+    return data
+
+
+def _without_consequences(details: list[ErrorDetails]) -> list[ErrorDetails]:
+    """Drop "must not be empty" for a list whose items were all refused: the items say why."""
+    def caused_by_items(detail: ErrorDetails) -> bool:
+        loc = detail["loc"]
+        return detail["type"] == "too_short" and any(
+            other["loc"][: len(loc)] == loc and len(other["loc"]) > len(loc) for other in details
+        )
+
+    return [detail for detail in details if not caused_by_items(detail)]
+
+
+def _describe(detail: ErrorDetails, data: object) -> str:
+    path, node, parent = _key_path(detail["loc"], data)
+    return f"{path or '(top level)'}: {_sentence(detail, node, parent)}"
+
+
+def _key_path(loc: Sequence[int | str], data: object) -> tuple[str, object, object]:
+    """Render a pydantic location as ``targets[0].auth.login``, without union tags.
+
+    Returns the path, the input value at that location (or ``None`` when missing) and
+    the mapping that holds it.
+    """
+    path = ""
+    node: object = data
+    parent: object = None
+    for element in loc:
+        if isinstance(node, Mapping) and element not in node and element in (node.get("type"), node.get("kind")):
+            continue  # the tag pydantic adds for discriminated unions is not a key
+        if element == "[key]":
+            continue
+        if isinstance(element, int):
+            path += f"[{element}]"
+        else:
+            path += f".{element}" if path else str(element)
+        parent = node
+        if isinstance(node, Mapping):
+            node = node.get(element)
+        elif isinstance(node, list) and isinstance(element, int) and element < len(node):
+            node = node[element]
+        else:
+            node = None
+    return path, node, parent
+
+
+def _sentence(detail: ErrorDetails, node: object, parent: object) -> str:
+    kind = detail["type"]
+    context = detail.get("ctx") or {}
+    if kind == "missing":
+        return "required key is missing"
+    if kind == "extra_forbidden":
+        key = str(detail["loc"][-1])
+        return f"unknown key {key!r}{_did_you_mean(key, detail, parent)}"
+    if kind == "value_error":
+        return str(context.get("error", detail["msg"]))
+    if kind == "union_tag_invalid":
+        return f"unknown {context.get('discriminator', 'type').strip(chr(39))} {context.get('tag')!r}; use one of: {context.get('expected_tags')}"
+    if kind == "union_tag_not_found":
+        return f"needs a {context.get('discriminator', 'type').strip(chr(39))} key"
+    if kind in ("literal_error",):
+        return f"must be {context.get('expected')}, not {node!r}"
+    if kind in ("int_type", "int_parsing", "int_from_float"):
+        return f"must be a whole number, not {node!r}"
+    if kind in ("float_type", "float_parsing"):
+        return f"must be a number, not {node!r}"
+    if kind in ("bool_type", "bool_parsing"):
+        return f"must be true or false, not {node!r}"
+    if kind in ("string_type",):
+        return f"must be text, not {type(node).__name__}"
+    if kind in ("dict_type", "model_type", "model_attributes_type"):
+        return f"must be a mapping of keys, not {_kind_of(node)}"
+    if kind in ("list_type", "tuple_type"):
+        return f"must be a list, not {_kind_of(node)}"
+    if kind in ("greater_than_equal", "greater_than", "less_than_equal", "less_than"):
+        limit = next(iter(context.values()), "")
+        words = {"greater_than_equal": "at least", "greater_than": "more than",
+                 "less_than_equal": "at most", "less_than": "less than"}[kind]
+        return f"must be {words} {limit}, not {node!r}"
+    if kind == "too_short":
+        return "must not be empty" if context.get("min_length") == 1 else detail["msg"].lower()
+    if kind == "string_pattern_mismatch":
+        return f"{node!r} may only use letters, digits, '_', '.' and '-' (lower-case letters for step names)"
+    if kind == "string_too_short":
+        return "must not be empty"
+    return str(detail["msg"])
+
+
+def _did_you_mean(key: str, detail: ErrorDetails, parent: object) -> str:
+    model = _model_for(detail["loc"][:-1], parent)
+    if model is None:
+        return ""
+    allowed = [name if field.alias is None else field.alias for name, field in model.model_fields.items()]
+    close = difflib.get_close_matches(key, allowed, n=1)
+    if close:
+        return f"; did you mean {close[0]!r}?"
+    return f"; allowed here: {', '.join(allowed)}"
+
+
+def _model_for(loc: Sequence[int | str], parent: object) -> type[BaseModel] | None:
+    """The config model at ``loc``, found by walking the schema (union tags included)."""
+    annotation: Any = Config
+    for element in loc:
+        models = _models_in(annotation)
+        if isinstance(element, int):
+            annotation = next((arg for arg in get_args(annotation) if arg is not Ellipsis), None)
+        elif len(models) == 1:
+            fields = {field.alias or name: field for name, field in models[0].model_fields.items()}
+            annotation = fields[element].annotation if element in fields else None
+        else:
+            annotation = next((model for model in models if _tag_of(model) == element), None)
+    models = _models_in(annotation)
+    return models[0] if len(models) == 1 else None
+
+
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    """The config models an annotation admits (one for a model, several for a union)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [model for arg in get_args(annotation) for model in _models_in(arg)]
+
+
+def _tag_of(model: type[BaseModel]) -> str | None:
+    for name in ("type", "kind"):
+        field = model.model_fields.get(name)
+        if field is not None and get_origin(field.annotation) is Literal:
+            return str(get_args(field.annotation)[0])
+    return None
+
+
+def _kind_of(value: object) -> str:
+    if value is None:
+        return "nothing"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    return f"{value!r}"
+
+
+def _check_folders(config: Config) -> list[str]:
+    """Problems with the folders on this machine, each with its key path."""
+    problems = []
+    for index, target in enumerate(config.targets):
+        key = f"targets[{index}].folder"
+        if not target.folder.exists():
+            problems.append(f"{key}: {target.folder} does not exist; create it or fix the path")
+        elif not target.folder.is_dir():
+            problems.append(f"{key}: {target.folder} is not a directory")
+        elif not os.access(target.folder, os.R_OK | os.X_OK):
+            problems.append(f"{key}: {target.folder} is not readable by this user")
+    return problems
+
+
+def _unique(problems: list[str]) -> list[str]:
+    return list(dict.fromkeys(problems))

@@ -1,0 +1,159 @@
+"""The configuration as immutable objects: parsed once, passed down explicitly."""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit
+
+from pydantic import Field, model_validator
+
+from uploader_daemon.config.auth import AuthSettings
+from uploader_daemon.config.types import AbsolutePath, Duration, HttpUrl, Model, PositiveDuration
+from uploader_daemon.config.upload import ApiStep, Step, UploadSettings
+
+
+class LogSettings(Model):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["auto", "json", "console"] = Field(
+        default="auto", description="json for journald, console for people; auto picks by TTY."
+    )
+
+
+class WatchSettings(Model):
+    poll: bool = Field(default=False, description="Poll instead of inotify (NFS/SMB shares).")
+    poll_interval: PositiveDuration = 5.0
+    rescan_every: PositiveDuration = Field(
+        default=60.0, description="Full rescan: the backstop for missed or overflowed events."
+    )
+
+
+class RetrySettings(Model):
+    attempts: int = Field(default=10, ge=1, le=1000)
+    backoff: PositiveDuration = 2.0
+    max_backoff: PositiveDuration = 600.0
+
+    @model_validator(mode="after")
+    def _ordered(self) -> RetrySettings:
+        if self.max_backoff < self.backoff:
+            raise ValueError("max_backoff must not be shorter than backoff")
+        return self
+
+
+class AfterUploadSettings(Model):
+    action: Literal["archive", "delete", "keep"] = "archive"
+    archive_dir: AbsolutePath | None = None
+
+    @model_validator(mode="after")
+    def _archive_needs_dir(self) -> AfterUploadSettings:
+        if self.action == "archive" and self.archive_dir is None:
+            raise ValueError("action archive needs archive_dir: the folder delivered files move to")
+        if self.action != "archive" and self.archive_dir is not None:
+            raise ValueError(f"archive_dir is only used with action archive, not {self.action}")
+        return self
+
+
+class ApiSettings(Model):
+    base_url: HttpUrl
+    timeout: PositiveDuration = 30.0
+    verify_tls: bool = True
+    ca_file: AbsolutePath | None = Field(default=None, description="Extra CA bundle (PEM) to trust.")
+
+    @cached_property
+    def origin(self) -> tuple[str, str, int | None]:
+        parts = urlsplit(self.base_url)
+        return parts.scheme, parts.hostname or "", parts.port
+
+
+class TargetSettings(Model):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=64)
+    folder: AbsolutePath
+    include: tuple[str, ...] = ("*",)
+    exclude: tuple[str, ...] = (".*", "*.tmp", "*.part", "*~")
+    recursive: bool = False
+    settle: Duration = 2.0
+    watch: WatchSettings = WatchSettings()
+    concurrency: int = Field(default=4, ge=1, le=256)
+    retry: RetrySettings = RetrySettings()
+    after_upload: AfterUploadSettings
+    failed_dir: AbsolutePath
+    api: ApiSettings
+    auth: AuthSettings
+    upload: UploadSettings
+
+    @model_validator(mode="after")
+    def _folders_apart(self) -> TargetSettings:
+        for key, path in self.output_folders.items():
+            if path == self.folder:
+                raise ValueError(f"{key} must differ from folder, or delivered files would be sent again")
+        return self
+
+    @model_validator(mode="after")
+    def _credential_stays_home(self) -> TargetSettings:
+        for step in self.steps:
+            if isinstance(step, ApiStep) and step.credential and step.url and "{" not in step.url:
+                parts = urlsplit(step.url)
+                if (parts.scheme, parts.hostname or "", parts.port) != self.api.origin:
+                    raise ValueError(
+                        f"step {step.name!r} sends the credential to {step.url}, which is not "
+                        "api.base_url's host; set credential: false or use path"
+                    )
+        return self
+
+    @property
+    def steps(self) -> tuple[Step, ...]:
+        return self.upload.steps
+
+    @property
+    def output_folders(self) -> dict[str, Path]:
+        """Folders the daemon writes into, by config key (never scanned for uploads)."""
+        folders = {"failed_dir": self.failed_dir}
+        if self.after_upload.archive_dir is not None:
+            folders["after_upload.archive_dir"] = self.after_upload.archive_dir
+        for step in self.steps:
+            output_dir = getattr(step, "output_dir", None)
+            if isinstance(output_dir, Path):
+                folders[f"output_dir of step {step.name}"] = output_dir
+        return folders
+
+
+class JournalSettings(Model):
+    keep_done_for: Duration = Field(
+        default=30 * 86400.0, description="How long delivered files stay in the journal (status history)."
+    )
+
+
+class Config(Model):
+    state_dir: AbsolutePath = Field(description="Journal and token store; created with mode 0700.")
+    log: LogSettings = LogSettings()
+    shutdown_grace: Duration = Field(default=10.0, description="How long in-flight uploads may finish on stop.")
+    journal: JournalSettings = JournalSettings()
+    targets: tuple[TargetSettings, ...] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _targets_distinct(self) -> Config:
+        names = [target.name for target in self.targets]
+        for name in sorted({n for n in names if names.count(n) > 1}):
+            raise ValueError(f"target name {name!r} is used more than once; names must be unique")
+        for index, target in enumerate(self.targets):
+            for other in self.targets[:index]:
+                if _overlap(target, other) or _overlap(other, target):
+                    raise ValueError(
+                        f"targets {other.name!r} and {target.name!r} both watch {target.folder}; "
+                        "a file must belong to exactly one target"
+                    )
+        return self
+
+    def target(self, name: str) -> TargetSettings:
+        for target in self.targets:
+            if target.name == name:
+                return target
+        raise KeyError(name)
+
+
+def _overlap(outer: TargetSettings, inner: TargetSettings) -> bool:
+    """Whether ``outer`` would pick up files that are in ``inner``'s folder."""
+    if outer.folder == inner.folder:
+        return True
+    return outer.recursive and outer.folder in inner.folder.parents

@@ -1,0 +1,96 @@
+"""Field types for the config models: durations, absolute paths, URLs, secrets.
+
+Each validator raises ``ValueError`` with the sentence the admin will read after the
+key path, so ``targets[0].settle: '2 sec' is not a duration; ...`` comes out whole.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Annotated
+from urllib.parse import urlsplit
+
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, PlainValidator, ValidationInfo
+
+from uploader_daemon.secrets import Secret, resolve_secret
+
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+_DURATION_HINT = "write it as 500ms, 2s, 30m, 1h, 1h30m or a number of seconds"
+
+
+class Model(BaseModel):
+    """Base of every config model: immutable, and unknown keys are errors, not ignored."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
+
+
+def parse_duration(value: object) -> float:
+    """Seconds from ``500ms``/``2s``/``30m``/``1h``/``1d``/``1h30m`` or a plain number."""
+    if isinstance(value, bool):
+        raise ValueError(f"{value!r} is not a duration; {_DURATION_HINT}")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str):
+        text = value.strip().replace(" ", "")
+        if re.fullmatch(r"\d+(?:\.\d+)?", text):
+            seconds = float(text)
+        elif text and re.fullmatch(f"(?:{_DURATION_PART.pattern})+", text):
+            seconds = sum(float(n) * _UNITS[unit] for n, unit in _DURATION_PART.findall(text))
+        elif text.startswith("-"):
+            raise ValueError(f"{value!r} is negative; durations must be zero or more")
+        else:
+            raise ValueError(f"{value!r} is not a duration; {_DURATION_HINT}")
+    else:
+        raise ValueError(f"{value!r} is not a duration; {_DURATION_HINT}")
+    if seconds < 0:
+        raise ValueError(f"{value!r} is negative; durations must be zero or more")
+    return seconds
+
+
+def _positive(seconds: float) -> float:
+    if seconds <= 0:
+        raise ValueError("must be longer than zero")
+    return seconds
+
+
+def _absolute_path(value: object) -> Path:
+    if not isinstance(value, str | Path) or not str(value):
+        raise ValueError("must be a path")
+    path = Path(os.path.expanduser(str(value)))
+    if not path.is_absolute():
+        raise ValueError(f"{str(value)!r} must be an absolute path (starting with /)")
+    return path
+
+
+def _http_url(value: object) -> str:
+    if not isinstance(value, str):
+        raise ValueError("must be an http:// or https:// URL")
+    parts = urlsplit(value.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{value!r} is not an http:// or https:// URL with a host")
+    if parts.query or parts.fragment:
+        raise ValueError(f"{value!r} must not have a query or fragment; put those in the step")
+    try:
+        parts.port  # noqa: B018 -- raises ValueError for a bad port
+    except ValueError:
+        raise ValueError(f"{value!r} has an invalid port") from None
+    return value.strip().rstrip("/")
+
+
+def _secret(value: object, info: ValidationInfo) -> Secret:
+    context = info.context or {}
+    if context.get("skip_secrets"):
+        # ``status`` reads the journal only: it must work without the daemon's secrets.
+        return Secret("", "not resolved")
+    environ = context.get("environ", os.environ)
+    return resolve_secret(value, environ)
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+PositiveDuration = Annotated[float, BeforeValidator(parse_duration), AfterValidator(_positive)]
+AbsolutePath = Annotated[Path, PlainValidator(_absolute_path)]
+HttpUrl = Annotated[str, PlainValidator(_http_url)]
+SecretValue = Annotated[Secret, PlainValidator(_secret)]

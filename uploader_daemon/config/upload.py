@@ -1,0 +1,472 @@
+"""The ``upload:`` section: a delivery is an ordered list of HTTP steps.
+
+Admins write either a preset (``type: multipart``, ``runrun_document``,
+``presigned_with_status``, ``conversion_task``, ``gateway_presigned``), which expands
+into steps, or ``type: steps`` with the full step list for an unusual API. At run time
+there is only the step list; ``uploader-daemon check-config --show-steps`` prints it.
+
+Step kinds:
+
+- ``request``      a JSON (or form) request to the API, saving values from the response
+- ``multipart``    the file as a multipart part, to the API
+- ``storage_post`` the file to presigned storage: returned fields first, file last,
+                   never with the target's credential
+- ``poll``         repeat a request until a field has a terminal value
+- ``download``     stream a result into an output folder
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, PlainValidator, field_validator, model_validator
+
+from uploader_daemon.config.types import AbsolutePath, HttpUrl, Model, PositiveDuration
+from uploader_daemon.delivery.templating import TemplateError, references_in
+
+FILE_VALUES = ("name", "stem", "extension", "size", "sha256", "mime_type", "relative_path")
+TARGET_VALUES = ("name",)
+RESERVED_NAMES = ("file", "target")
+
+StepName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$", max_length=40)]
+Scalar = str | int | float | bool
+
+
+def _scalar(value: object) -> Scalar:
+    if isinstance(value, str | int | float | bool):
+        return value
+    raise ValueError("must be a single value (text, number or true/false), not a list or mapping")
+
+
+def _fields_source(value: object) -> str | dict[str, str]:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+        return value
+    raise ValueError("must be a template such as '{create.fields}' or a mapping of text values")
+
+
+ScalarValue = Annotated[Scalar, PlainValidator(_scalar)]
+HttpMethod = Literal["GET", "POST", "PUT", "PATCH", "DELETE"]
+Template = str
+
+
+class ApiStep(Model):
+    """Settings shared by the steps that talk to the API (or a URL from a response)."""
+
+    name: StepName
+    path: Template | None = Field(default=None, description="Joined to api.base_url; may use {values}.")
+    url: Template | None = Field(default=None, description="An absolute URL, e.g. '{create.url}'.")
+    query: dict[str, ScalarValue] = {}
+    headers: dict[str, str] = {}
+    credential: bool = Field(default=True, description="Send the target's credential with this step.")
+    save: dict[str, str] = Field(
+        default={}, description="Values to keep from the JSON response: name -> dotted path."
+    )
+    expect: tuple[int, ...] = Field(default=(), description="Accepted statuses; empty means any 2xx.")
+
+    @model_validator(mode="after")
+    def _exactly_one_address(self) -> ApiStep:
+        if (self.path is None) == (self.url is None):
+            raise ValueError(f"step {self.name!r} needs exactly one of path or url")
+        if self.path is not None and not self.path.startswith("/"):
+            raise ValueError(f"step {self.name!r}: path {self.path!r} must start with /")
+        return self
+
+    @field_validator("name")
+    @classmethod
+    def _not_reserved(cls, name: str) -> str:
+        if name in RESERVED_NAMES:
+            raise ValueError(f"{name!r} is reserved for template values; choose another step name")
+        return name
+
+
+class RequestStep(ApiStep):
+    """A request with a JSON (``json``) or urlencoded (``form``) body, or none."""
+
+    kind: Literal["request"]
+    method: HttpMethod = "POST"
+    body: Any = Field(default=None, alias="json")
+    form: dict[str, ScalarValue] | None = None
+    repeatable: bool | None = Field(
+        default=None, description="Safe to send again after a crash; default: true for GET/PUT/DELETE."
+    )
+
+
+class MultipartStep(ApiStep):
+    """The file as a multipart/form-data part, plus extra form fields, to the API."""
+
+    kind: Literal["multipart"]
+    method: Literal["POST", "PUT"] = "POST"
+    file_field: str = "file"
+    fields: dict[str, ScalarValue] = {}
+    repeatable: bool | None = None
+
+
+class PollStep(ApiStep):
+    """Repeat a request until ``status_field`` is a success or failure value."""
+
+    kind: Literal["poll"]
+    method: Literal["GET", "POST"] = "GET"
+    status_field: str
+    success: tuple[str, ...] = Field(min_length=1)
+    failure: tuple[str, ...] = ()
+    details_field: str | None = None
+    interval: PositiveDuration = 5.0
+    deadline: PositiveDuration = 600.0
+
+
+class DownloadStep(ApiStep):
+    """Stream the response body into ``output_dir`` (``.part`` first, renamed when whole)."""
+
+    kind: Literal["download"]
+    method: Literal["GET", "POST"] = "GET"
+    output_dir: AbsolutePath
+    filename: Template = Field(
+        default="{file.name}", description="Used when the response has no Content-Disposition filename."
+    )
+
+
+class StoragePostStep(Model):
+    """The file to presigned storage (S3 POST policy): every returned field, the file last."""
+
+    kind: Literal["storage_post"]
+    name: StepName
+    url: Template = Field(description="Storage endpoint, fixed or from a response ('{create.url}').")
+    fields: Annotated[str | dict[str, str], PlainValidator(_fields_source)] = Field(
+        description="The presigned fields, e.g. '{create.fields}'."
+    )
+    extra_fields: dict[str, str] = Field(default={}, description="Added after the returned fields.")
+    file_field: str = "file"
+    credential: bool = False
+
+    @field_validator("credential")
+    @classmethod
+    def _never_credentialed(cls, credential: bool) -> bool:
+        if credential:
+            raise ValueError(
+                "a storage_post never carries the target's credential: the presigned "
+                "fields are the storage's authorization; remove credential: true"
+            )
+        return credential
+
+
+Step = Annotated[
+    RequestStep | MultipartStep | PollStep | DownloadStep | StoragePostStep,
+    Field(discriminator="kind"),
+]
+
+
+def step_is_repeatable(step: Step) -> bool:
+    """Whether sending this step again after an unknown outcome is harmless.
+
+    Polls and downloads only read; a request is repeatable when its method is
+    idempotent unless the admin says otherwise; storage POSTs are not, because their
+    presigned grant is short-lived and must come fresh from the first step.
+    """
+    if isinstance(step, PollStep | DownloadStep):
+        return True
+    if isinstance(step, StoragePostStep):
+        return False
+    if step.repeatable is not None:
+        return step.repeatable
+    return step.method in ("GET", "PUT", "DELETE")
+
+
+def step_sends_file(step: Step) -> bool:
+    return isinstance(step, MultipartStep | StoragePostStep)
+
+
+def step_templates(step: Step) -> list[object]:
+    """Every admin-written value of a step that may hold ``{references}``."""
+    if isinstance(step, StoragePostStep):
+        return [step.url, step.fields, step.extra_fields]
+    values: list[object] = [step.path, step.url, step.query, step.headers]
+    if isinstance(step, RequestStep):
+        values += [step.body, step.form]
+    if isinstance(step, MultipartStep):
+        values.append(step.fields)
+    if isinstance(step, DownloadStep):
+        values.append(step.filename)
+    return [value for value in values if value is not None]
+
+
+def step_outputs(step: Step) -> tuple[str, ...]:
+    """Names a later step can use as ``{step_name.NAME}``."""
+    saved = tuple(step.save) if not isinstance(step, StoragePostStep) else ()
+    if isinstance(step, PollStep):
+        return (*saved, "status", "details")
+    if isinstance(step, DownloadStep):
+        return (*saved, "path", "filename")
+    return saved
+
+
+def check_step_list(steps: tuple[Step, ...]) -> None:
+    """Refuse a step list whose names clash or whose templates refer to unknown values."""
+    if not any(step_sends_file(step) for step in steps):
+        raise ValueError("no step sends the file; add a multipart or storage_post step")
+    known: dict[str, tuple[str, ...]] = {"file": FILE_VALUES, "target": TARGET_VALUES}
+    for position, step in enumerate(steps):
+        if step.name in known:
+            raise ValueError(f"steps[{position}]: step name {step.name!r} is used twice")
+        for value in step_templates(step):
+            try:
+                refs = list(references_in(value))
+            except TemplateError as error:
+                raise ValueError(f"steps[{position}] ({step.name}): {error}") from None
+            for ref in refs:
+                _check_reference(ref, known, f"steps[{position}] ({step.name})")
+        known[step.name] = step_outputs(step)
+
+
+def check_templates(value: object, where: str) -> None:
+    """Refuse a template (in a preset) that refers to anything but ``file``/``target``."""
+    known = {"file": FILE_VALUES, "target": TARGET_VALUES}
+    try:
+        refs = list(references_in(value))
+    except TemplateError as error:
+        raise ValueError(str(error)) from None
+    for ref in refs:
+        _check_reference(ref, known, where)
+
+
+def _check_reference(ref: str, known: dict[str, tuple[str, ...]], where: str) -> None:
+    head, _, rest = ref.partition(".")
+    if head not in known:
+        available = ", ".join(sorted(known))
+        raise ValueError(f"{where}: {{{ref}}} refers to {head!r}, which is not defined here; use one of: {available}")
+    if not rest:
+        if head in ("file", "target"):
+            raise ValueError(f"{where}: {{{ref}}} needs a field, e.g. {{{head}.name}}")
+        return
+    field = rest.split(".", 1)[0]
+    if field not in known[head]:
+        offered = ", ".join(known[head]) or "nothing (add a save: mapping to that step)"
+        raise ValueError(f"{where}: {{{ref}}} refers to {field!r}, which {head!r} does not provide; it provides: {offered}")
+
+
+# --- presets -------------------------------------------------------------------------
+
+
+class StorageSettings(Model):
+    """Where the presigned POST goes and what it adds to the returned fields."""
+
+    url: HttpUrl | None = Field(default=None, description="Fixed storage endpoint; else taken from the response.")
+    url_field: str = Field(default="url", description="Dotted path of the storage URL in the response.")
+    fields_field: str = Field(default="fields", description="Dotted path of the presigned fields.")
+    extra_fields: dict[str, str] = {}
+
+
+class RunrunStorageSettings(StorageSettings):
+    """Runrun.it's answer carries no storage URL: it is configuration."""
+
+    url: HttpUrl = Field(description="The S3 bucket endpoint the document fields are for.")
+    extra_fields: dict[str, str] = {"success_action_status": "201"}
+
+
+class PollSettings(Model):
+    interval: PositiveDuration = 5.0
+    deadline: PositiveDuration = 600.0
+
+
+class MultipartUpload(Model):
+    """Flow T: the file as a multipart POST to the API, with the credential."""
+
+    type: Literal["multipart"]
+    path: str = "/api/envio"
+    method: Literal["POST", "PUT"] = "POST"
+    file_field: str = "file"
+    fields: dict[str, ScalarValue] = Field(default={}, description="Extra form fields; may use {file.*} values.")
+
+    @model_validator(mode="after")
+    def _templates(self) -> MultipartUpload:
+        check_templates([self.path, self.fields], "upload")
+        return self
+
+    @cached_property
+    def steps(self) -> tuple[Step, ...]:
+        return (
+            MultipartStep(
+                kind="multipart", name="upload", path=self.path, method=self.method,
+                file_field=self.file_field, fields=self.fields,
+            ),
+        )
+
+
+class RunrunTask(Model):
+    """Create a Runrun.it task per file instead of attaching to a configured task_id."""
+
+    title: str = "{file.name}"
+    description: str = ""
+    board_id: int
+    project_id: int | None = None
+
+
+class RunrunDocumentUpload(Model):
+    """Flow R: create document -> storage POST -> mark_as_uploaded (static headers)."""
+
+    type: Literal["runrun_document"]
+    task_id: int | None = None
+    create_task: RunrunTask | None = None
+    storage: RunrunStorageSettings
+
+    @model_validator(mode="after")
+    def _one_task_source(self) -> RunrunDocumentUpload:
+        if (self.task_id is None) == (self.create_task is None):
+            raise ValueError("set exactly one of task_id (attach to that task) or create_task")
+        if self.create_task is not None:
+            check_templates([self.create_task.title, self.create_task.description], "create_task")
+        return self
+
+    @cached_property
+    def steps(self) -> tuple[Step, ...]:
+        steps: list[Step] = []
+        task_id: Scalar = self.task_id if self.task_id is not None else "{task.id}"
+        if self.create_task is not None:
+            task = {"title": self.create_task.title, "description": self.create_task.description,
+                    "board_id": self.create_task.board_id}
+            if self.create_task.project_id is not None:
+                task["project_id"] = self.create_task.project_id
+            steps.append(RequestStep(kind="request", name="task", path="/tasks",
+                                     json={"task": task}, save={"id": "id"}))
+        save = {"id": "id", "fields": self.storage.fields_field}
+        document = {"data_file_name": "{file.name}", "data_file_size": "{file.size}",
+                    "warning_duplicate": False}
+        steps += [
+            RequestStep(kind="request", name="create", path="/documents", query={"task_id": task_id},
+                        json={"document": document}, save=save),
+            _storage_step("create", self.storage),
+            RequestStep(kind="request", name="confirm", path="/documents/{create.id}/mark_as_uploaded"),
+        ]
+        return tuple(steps)
+
+
+class PresignedStatusUpload(Model):
+    """Flow P: /upload -> storage POST -> /confirm-upload -> poll /consult-status."""
+
+    type: Literal["presigned_with_status"]
+    upload_path: str = "/upload"
+    confirm_path: str = "/confirm-upload"
+    status_path: str = "/consult-status"
+    file_type: str = Field(default="{file.mime_type}", description="Sent as the 'type' field.")
+    storage: StorageSettings = StorageSettings()
+    poll: PollSettings = PollSettings()
+    success: tuple[str, ...] = ("completed",)
+    failure: tuple[str, ...] = ("error",)
+
+    @model_validator(mode="after")
+    def _templates(self) -> PresignedStatusUpload:
+        check_templates([self.upload_path, self.confirm_path, self.status_path, self.file_type], "upload")
+        return self
+
+    @cached_property
+    def steps(self) -> tuple[Step, ...]:
+        save = {"file_id": "file_id", "fields": self.storage.fields_field}
+        if self.storage.url is None:
+            save["url"] = self.storage.url_field
+        announce = {"file_name": "{file.name}", "extension": "{file.extension}",
+                    "len": "{file.size}", "type": self.file_type}
+        return (
+            RequestStep(kind="request", name="upload", path=self.upload_path, json=announce, save=save),
+            _storage_step("upload", self.storage),
+            RequestStep(kind="request", name="confirm", path=self.confirm_path,
+                        json={"file_id": "{upload.file_id}"}),
+            PollStep(kind="poll", name="status", path=self.status_path,
+                     query={"file_id": "{upload.file_id}"}, status_field="status",
+                     success=self.success, failure=self.failure, details_field="details",
+                     interval=self.poll.interval, deadline=self.poll.deadline),
+        )
+
+
+class ConversionTaskUpload(Model):
+    """Flow C: multipart task -> poll its state -> download the result."""
+
+    type: Literal["conversion_task"]
+    conversion_type: str = Field(min_length=1)
+    output_dir: AbsolutePath
+    tasks_path: str = "/api/tasks"
+    download_path: str = "/api/download"
+    filename: str = Field(default="{file.stem}", description="Result name when the server sends none "
+                          "(the conversion type is appended as the extension).")
+    poll: PollSettings = PollSettings(deadline=3600.0)
+    delete_task: bool = Field(default=False, description="DELETE the task once the result is saved.")
+
+    @model_validator(mode="after")
+    def _templates(self) -> ConversionTaskUpload:
+        check_templates([self.tasks_path, self.download_path, self.filename], "upload")
+        return self
+
+    @cached_property
+    def steps(self) -> tuple[Step, ...]:
+        steps: list[Step] = [
+            MultipartStep(kind="multipart", name="submit", path=self.tasks_path,
+                          fields={"conversion_type": self.conversion_type}, save={"task_id": "task_id"}),
+            PollStep(kind="poll", name="task", path=self.tasks_path + "/{submit.task_id}",
+                     status_field="state", success=("SUCCESS",), failure=("FAILURE", "REVOKED"),
+                     details_field="result", interval=self.poll.interval, deadline=self.poll.deadline),
+            DownloadStep(kind="download", name="result", path=self.download_path,
+                         query={"task_id": "{submit.task_id}"}, output_dir=self.output_dir,
+                         filename=f"{self.filename}.{self.conversion_type}"),
+        ]
+        if self.delete_task:
+            steps.append(RequestStep(kind="request", name="cleanup", method="DELETE",
+                                     path=self.tasks_path + "/{submit.task_id}"))
+        return tuple(steps)
+
+
+class GatewayPresignedUpload(Model):
+    """Flow G: gateway POST with upload_key/folder -> storage POST to the returned url."""
+
+    type: Literal["gateway_presigned"]
+    path: str = Field(description="The gateway route, joined to api.base_url.")
+    folder: str
+    upload_key: str = "{file.name}"
+    storage: StorageSettings = StorageSettings()
+
+    @model_validator(mode="after")
+    def _templates(self) -> GatewayPresignedUpload:
+        check_templates([self.path, self.folder, self.upload_key], "upload")
+        return self
+
+    @cached_property
+    def steps(self) -> tuple[Step, ...]:
+        save = {"fields": self.storage.fields_field}
+        if self.storage.url is None:
+            save["url"] = self.storage.url_field
+        return (
+            RequestStep(kind="request", name="locate", path=self.path,
+                        query={"upload_key": self.upload_key, "folder": self.folder}, save=save),
+            _storage_step("locate", self.storage),
+        )
+
+
+class StepsUpload(Model):
+    """The full form: an explicit list of steps."""
+
+    type: Literal["steps"]
+    step_list: tuple[Step, ...] = Field(alias="steps", min_length=1)
+
+    @model_validator(mode="after")
+    def _coherent(self) -> StepsUpload:
+        check_step_list(self.step_list)
+        return self
+
+    @property
+    def steps(self) -> tuple[Step, ...]:
+        return self.step_list
+
+
+def _storage_step(source: str, storage: StorageSettings) -> StoragePostStep:
+    return StoragePostStep(
+        kind="storage_post", name="store",
+        url=storage.url if storage.url is not None else f"{{{source}.url}}",
+        fields=f"{{{source}.fields}}", extra_fields=storage.extra_fields,
+    )
+
+
+UploadSettings = Annotated[
+    MultipartUpload | RunrunDocumentUpload | PresignedStatusUpload | ConversionTaskUpload
+    | GatewayPresignedUpload | StepsUpload,
+    Field(discriminator="type"),
+]

@@ -1,0 +1,173 @@
+"""The daemon's lifecycle: ``startup()`` → ``main_loop()`` → ``shutdown()``.
+
+Signal handlers only set flags. The first SIGTERM/SIGINT stops the watchers and gives
+in-flight uploads ``shutdown_grace`` seconds; what is cut off stays pending in the
+journal, and the exit code is 0. A second signal cuts them off at once (exit 128+N).
+Under systemd (``Type=notify``) the daemon reports READY=1 once every folder is watched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+from typing import Any
+
+from uploader_daemon import __version__
+from uploader_daemon.clock import Clock, SystemClock
+from uploader_daemon.config.schema import Config
+from uploader_daemon.journal import Journal
+from uploader_daemon.logs import Redactor, get_logger
+from uploader_daemon.scheduler import Scheduler
+from uploader_daemon.state import StateDir
+from uploader_daemon.target import TargetService
+
+log = get_logger(__name__)
+
+_DAY = 86400.0
+_HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class Daemon:
+    """Runs every configured target until asked to stop."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        redactor: Redactor,
+        clock: Clock | None = None,
+        handle_signals: bool = True,
+    ) -> None:
+        self.config = config
+        self._redactor = redactor
+        self._clock = clock or SystemClock()
+        self._handle_signals = handle_signals
+        self._state = StateDir(config.state_dir)
+        self._scheduler = Scheduler()
+        self._journal: Journal | None = None
+        self.services: list[TargetService] = []
+        self._stop_requested = asyncio.Event()
+        self._forced = asyncio.Event()
+        self._signals_received: list[int] = []
+        self._signal_handlers_installed = False
+        self.started = asyncio.Event()
+
+    @property
+    def journal(self) -> Journal:
+        assert self._journal is not None, "the daemon has not started"
+        return self._journal
+
+    async def run(self) -> int:
+        """Start, run until stopped, shut down; returns the exit code."""
+        try:
+            await self.startup()
+        except BaseException:
+            await self._release()
+            raise
+        try:
+            await self.main_loop()
+        finally:
+            await self.shutdown()
+        if self._forced.is_set() and self._signals_received:
+            return 128 + self._signals_received[-1]
+        return 0
+
+    def request_stop(self, signum: int | None = None) -> None:
+        """Ask the daemon to stop (a second request cuts in-flight uploads off)."""
+        if signum is not None:
+            self._signals_received.append(signum)
+        if self._stop_requested.is_set():
+            log.warning("forced_stop", signal=signal.Signals(signum).name if signum else None)
+            self._forced.set()
+        else:
+            log.info("stop_requested", signal=signal.Signals(signum).name if signum else None)
+            self._stop_requested.set()
+
+    async def startup(self) -> None:
+        self._install_signal_handlers()
+        self._state.prepare()
+        self._state.lock()
+        self._journal = Journal.open(self._state.journal_path)
+        recovered = self._journal.recover_interrupted(self._clock.now())
+        log.info("daemon_starting", version=__version__, targets=[t.name for t in self.config.targets],
+                 state_dir=str(self.config.state_dir), interrupted_deliveries=recovered)
+        self._scheduler.start()
+        for settings in self.config.targets:
+            service = TargetService(settings, journal=self._journal, tokens_dir=self._state.tokens_dir,
+                                    clock=self._clock, redactor=self._redactor)
+            self.services.append(service)
+            await service.start(self._scheduler)
+        self._scheduler.every("journal:prune", _DAY, self._prune_journal)
+        self.started.set()
+        _notify_systemd("READY=1")
+        log.info("daemon_started", targets=len(self.services))
+
+    async def main_loop(self) -> None:
+        await self._stop_requested.wait()
+
+    async def shutdown(self) -> None:
+        _notify_systemd("STOPPING=1")
+        log.info("daemon_stopping", grace=self.config.shutdown_grace)
+        self._scheduler.shutdown()
+        await self._scheduler.finish_running(self.config.shutdown_grace)
+        for service in self.services:
+            service.stop_watching()
+        stopping = asyncio.gather(*(service.stop(self.config.shutdown_grace) for service in self.services))
+        forced = asyncio.ensure_future(self._forced.wait())
+        waiters: list[asyncio.Future[Any]] = [stopping, forced]
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        if not stopping.done():
+            for service in self.services:
+                service.abort()
+        with contextlib.suppress(asyncio.CancelledError):
+            await stopping
+        forced.cancel()
+        await self._release()
+        log.info("daemon_stopped")
+
+    async def _release(self) -> None:
+        """Give back what startup took (also after a failed startup)."""
+        self._scheduler.shutdown()
+        for service in self.services:
+            service.stop_watching()
+        if self._journal is not None:
+            self._journal.close()
+            self._journal = None
+        self._state.unlock()
+        self._restore_signal_handlers()
+
+    async def _prune_journal(self) -> None:
+        removed = self.journal.prune(self._clock.now() - self.config.journal.keep_done_for)
+        if removed:
+            log.info("journal_pruned", rows=removed)
+
+    def _install_signal_handlers(self) -> None:
+        if not self._handle_signals:
+            return
+        loop = asyncio.get_running_loop()
+        for signum in _HANDLED_SIGNALS:
+            loop.add_signal_handler(signum, self.request_stop, signum)
+        self._signal_handlers_installed = True
+
+    def _restore_signal_handlers(self) -> None:
+        if not self._handle_signals or not self._signal_handlers_installed:
+            return
+        self._signal_handlers_installed = False
+        loop = asyncio.get_running_loop()
+        for signum in _HANDLED_SIGNALS:
+            loop.remove_signal_handler(signum)
+
+
+def _notify_systemd(message: str) -> None:
+    """sd_notify(3) without libsystemd: one datagram to ``$NOTIFY_SOCKET``, if set."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.connect(address)
+        sock.sendall(message.encode())

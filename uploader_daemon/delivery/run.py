@@ -1,0 +1,90 @@
+"""Running a file's steps in order, with a journal checkpoint after each one.
+
+Where an interrupted delivery resumes (after a crash or a failed attempt):
+
+- a step whose outcome is unknown (it was sent, no answer recorded) is sent again only
+  if that is harmless (polls, downloads, GET/PUT/DELETE requests); otherwise the
+  delivery starts over, so nothing is confirmed twice;
+- between steps, the next step runs, except a storage POST: its presigned grant is
+  short-lived, so the delivery starts over to get a fresh one;
+- a storage that says the grant expired restarts the delivery at once (a few times),
+  without counting a failed attempt.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from uploader_daemon.clock import Clock
+from uploader_daemon.config.upload import Step, StoragePostStep, step_is_repeatable, step_templates
+from uploader_daemon.delivery.steps import StepContext, run_step
+from uploader_daemon.delivery.templating import references_in
+from uploader_daemon.errors import StaleUploadGrantError, TransientDeliveryError
+from uploader_daemon.journal import FileRecord, Journal
+from uploader_daemon.logs import get_logger
+
+log = get_logger(__name__)
+
+MAX_GRANT_RESTARTS = 3
+
+
+def resume_point(steps: Sequence[Step], next_step: int, step_in_flight: int | None) -> int:
+    """The index of the step a delivery continues with (0: start over)."""
+    if step_in_flight is not None:
+        return step_in_flight if step_is_repeatable(steps[step_in_flight]) else 0
+    if 0 < next_step < len(steps) and isinstance(steps[next_step], StoragePostStep):
+        return 0
+    return min(next_step, len(steps))
+
+
+def uses_sha256(steps: Sequence[Step]) -> bool:
+    """Whether any template needs ``{file.sha256}`` (hashing reads the whole file)."""
+    return any(
+        ref.startswith("file.sha256") for step in steps for value in step_templates(step) for ref in references_in(value)
+    )
+
+
+class Delivery:
+    """A target's step list, run for one file at a time."""
+
+    def __init__(self, steps: Sequence[Step], journal: Journal, clock: Clock) -> None:
+        self.steps = tuple(steps)
+        self._journal = journal
+        self._clock = clock
+
+    async def run(self, record: FileRecord, make_context: Callable[[dict[str, object]], StepContext]) -> None:
+        """Run the remaining steps of ``record``.
+
+        ``make_context(values)`` builds the step context from the template values of
+        the steps completed so far. Raises from the error tree on failure; the journal
+        then knows which step was in flight.
+        """
+        index = resume_point(self.steps, record.next_step, record.step_in_flight)
+        outputs: dict[str, object] = dict(record.outputs) if index > 0 else {}
+        bound = log.bind(target=record.target, file=record.path)
+        if index == 0 and (record.next_step > 0 or record.step_in_flight is not None):
+            bound.info("delivery_starting_over", reason="an earlier attempt stopped at a step that must not repeat")
+        elif index > 0:
+            bound.info("delivery_resuming", step=self.steps[index].name if index < len(self.steps) else None)
+        restarts = 0
+        while index < len(self.steps):
+            step = self.steps[index]
+            self._journal.step_started(record.id, index, self._clock.now())
+            try:
+                produced = await run_step(step, make_context(outputs))
+            except StaleUploadGrantError as error:
+                restarts += 1
+                if restarts > MAX_GRANT_RESTARTS:
+                    raise TransientDeliveryError(
+                        f"{error.message}; {MAX_GRANT_RESTARTS} fresh grants expired too (is the clock right?)",
+                        step=error.step, status=error.status, body_excerpt=error.body_excerpt,
+                    ) from None
+                bound.warning("upload_grant_expired", step=step.name, action="starting over with a fresh grant")
+                outputs = {}
+                index = 0
+                self._journal.resume_at(record.id, 0, outputs, self._clock.now())
+                continue
+            outputs[step.name] = produced
+            self._journal.step_finished(record.id, index, outputs, self._clock.now())
+            bound.debug("step_done", step=step.name)
+            index += 1

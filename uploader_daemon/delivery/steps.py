@@ -1,0 +1,306 @@
+"""Running one step of a delivery: build the request, send it, judge the answer.
+
+Each step kind has one function here. All of them raise from the error tree
+(:mod:`uploader_daemon.errors`) with the step's name in the message, so a log line says
+which part of a multi-step delivery went wrong, and return the values the step saves
+for later steps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import email.message
+import os
+import uuid
+import xml.etree.ElementTree as ElementTree
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+
+from uploader_daemon.activity import ApiActivity
+from uploader_daemon.auth.base import AuthHeaders, Credential
+from uploader_daemon.config.upload import (
+    ApiStep,
+    DownloadStep,
+    MultipartStep,
+    PollStep,
+    RequestStep,
+    Step,
+    StoragePostStep,
+)
+from uploader_daemon.delivery.facts import FileFacts
+from uploader_daemon.delivery.templating import MissingValueError, as_text, dig, render, render_text, render_tree
+from uploader_daemon.errors import (
+    BadResponseError,
+    PermanentDeliveryError,
+    PollDeadlineError,
+    StaleUploadGrantError,
+    TransientDeliveryError,
+)
+from uploader_daemon.file_moves import place
+from uploader_daemon.http import NetworkError, check_status, excerpt, join_url, safe_url, same_origin, send
+from uploader_daemon.logs import get_logger
+
+log = get_logger(__name__)
+
+_DOWNLOAD_CHUNK = 256 * 1024
+
+
+@dataclass(frozen=True)
+class StepContext:
+    """Everything a step needs besides its settings."""
+
+    client: httpx.AsyncClient
+    base_url: str
+    origin: tuple[str, str, int | None]
+    credential: Credential
+    activity: ApiActivity
+    file: FileFacts
+    values: Mapping[str, object]
+
+
+async def run_step(step: Step, context: StepContext) -> dict[str, object]:
+    """Execute ``step``; returns the values it saves (``{name: value}``)."""
+    try:
+        if isinstance(step, StoragePostStep):
+            return await _storage_post(step, context)
+        if isinstance(step, MultipartStep):
+            return await _multipart(step, context)
+        if isinstance(step, PollStep):
+            return await _poll(step, context)
+        if isinstance(step, DownloadStep):
+            return await _download(step, context)
+        return await _request(step, context)
+    except MissingValueError as error:
+        raise BadResponseError(
+            f"step {step.name}: {{{error.path}}} {error.reason}; an earlier response lacked it", step=step.name
+        ) from None
+
+
+async def _request(step: RequestStep, context: StepContext) -> dict[str, object]:
+    options: dict[str, Any] = {}
+    if step.body is not None:
+        options["json"] = render_tree(step.body, context.values)
+    elif step.form is not None:
+        options["data"] = {key: as_text(value) for key, value in render_tree(step.form, context.values).items()}
+    response = await _api_call(step, step.method, context, options)
+    return _saved(step, response)
+
+
+async def _multipart(step: MultipartStep, context: StepContext) -> dict[str, object]:
+    fields = {key: as_text(value) for key, value in render_tree(step.fields, context.values).items()}
+    with context.file.path.open("rb") as handle:
+        files = {step.file_field: (context.file.name, handle, context.file.mime_type)}
+        response = await _api_call(step, step.method, context, {"data": fields, "files": files})
+    return _saved(step, response)
+
+
+async def _poll(step: PollStep, context: StepContext) -> dict[str, object]:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + step.deadline
+    polls = 0
+    while True:
+        polls += 1
+        response = await _api_call(step, step.method, context, {})
+        saved = _saved(step, response)
+        data = _json(step.name, response)
+        status = as_text(_value(step.name, data, step.status_field))
+        details = _optional(data, step.details_field)
+        saved.update(status=status, details=details)
+        if status in step.success:
+            return saved
+        if status in step.failure:
+            raise PermanentDeliveryError(
+                f"step {step.name}: the server reported {status!r}", step=step.name,
+                status=response.status_code, body_excerpt=excerpt(response), details=details,
+            )
+        if loop.time() + step.interval > deadline:
+            raise PollDeadlineError(
+                f"step {step.name}: still {status!r} after {polls} polls over {step.deadline:g}s",
+                step=step.name, status=response.status_code, body_excerpt=excerpt(response),
+            )
+        log.debug("poll_waiting", step=step.name, status=status, polls=polls)
+        await asyncio.sleep(step.interval)
+
+
+async def _download(step: DownloadStep, context: StepContext) -> dict[str, object]:
+    response = await _api_call(step, step.method, context, {}, stream=True)
+    try:
+        name = _attachment_name(response) or _safe_name(render_text(step.filename, context.values))
+        if not name:
+            raise PermanentDeliveryError(f"step {step.name}: the result has no usable file name", step=step.name)
+        step.output_dir.mkdir(parents=True, exist_ok=True)
+        partial = step.output_dir / f"{name}.{uuid.uuid4().hex[:8]}.part"
+        try:
+            written = await _stream_to(response, partial)
+            expected = response.headers.get("Content-Length")
+            if expected is not None and expected.isdigit() and int(expected) != written:
+                raise TransientDeliveryError(
+                    f"step {step.name}: the download stopped after {written} of {expected} bytes", step=step.name
+                )
+            final = place(partial, step.output_dir, name)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                partial.unlink()
+    except NetworkError as error:
+        raise TransientDeliveryError(f"step {step.name}: {error}", step=step.name) from None
+    except httpx.HTTPError as error:
+        raise TransientDeliveryError(f"step {step.name}: the download broke off: {error}", step=step.name) from None
+    finally:
+        await response.aclose()
+    log.info("result_saved", step=step.name, path=str(final), size=written)
+    return {"path": str(final), "filename": final.name}
+
+
+async def _storage_post(step: StoragePostStep, context: StepContext) -> dict[str, object]:
+    url = render_text(step.url, context.values)
+    if urlsplit(url).scheme not in ("http", "https") or not urlsplit(url).hostname:
+        raise BadResponseError(f"step {step.name}: the storage URL {url[:80]!r} is not an http(s) URL", step=step.name)
+    granted = render(step.fields, context.values) if isinstance(step.fields, str) else step.fields
+    if not isinstance(granted, Mapping) or not granted:
+        raise BadResponseError(
+            f"step {step.name}: the presigned fields are {type(granted).__name__}, not a mapping of form fields",
+            step=step.name,
+        )
+    form = {str(key): as_text(value) for key, value in granted.items()}
+    form.update({key: render_text(value, context.values) for key, value in step.extra_fields.items()})
+    with context.file.path.open("rb") as handle:
+        # httpx writes ``data`` parts before ``files`` parts: the file goes last, as S3 requires.
+        files = {step.file_field: (context.file.name, handle, form.get("Content-Type", context.file.mime_type))}
+        try:
+            response = await send(context.client, "POST", url, data=form, files=files)
+        except NetworkError as error:
+            raise TransientDeliveryError(f"step {step.name}: {error}", step=step.name) from None
+    storage_error = _s3_error(response)
+    if response.status_code == 403 and storage_error and "expired" in storage_error[1].lower():
+        raise StaleUploadGrantError(
+            f"step {step.name}: the storage says the upload grant expired ({storage_error[1]})",
+            step=step.name, status=403, body_excerpt=excerpt(response),
+        )
+    detail = f" ({storage_error[0]}: {storage_error[1]})" if storage_error else ""
+    check_status(response, step.name, credentialed=False, detail=detail)
+    return {}
+
+
+async def _api_call(
+    step: ApiStep, method: str, context: StepContext, options: dict[str, Any], *, stream: bool = False
+) -> httpx.Response:
+    """Send a step's request to the API, with the credential when the step carries it."""
+    url = render_text(step.url, context.values) if step.url else join_url(
+        context.base_url, render_text(step.path or "", context.values)
+    )
+    query = {key: as_text(value) for key, value in render_tree(step.query, context.values).items()}
+    headers = {key: render_text(value, context.values) for key, value in step.headers.items()}
+    used: AuthHeaders | None = None
+    if step.credential:
+        if not same_origin(url, context.origin):
+            raise PermanentDeliveryError(
+                f"step {step.name}: refusing to send the credential to {safe_url(url)}, which is not "
+                "api.base_url's host", step=step.name,
+            )
+        used = await context.credential.headers()
+        headers.update(used.headers)
+    try:
+        response = await send(context.client, method, url, params=query or None, headers=headers,
+                              stream=stream, **options)
+    except NetworkError as error:
+        raise TransientDeliveryError(f"step {step.name}: {error}", step=step.name) from None
+    if used is not None:
+        context.activity.touch()
+        if response.status_code == 401:
+            context.credential.rejected(used)
+    accepted = (response.status_code in step.expect) if step.expect else 200 <= response.status_code < 300
+    if not accepted:
+        if stream:
+            await response.aread()
+            await response.aclose()
+        check_status(response, step.name, step.expect, credentialed=step.credential)
+    return response
+
+
+def _saved(step: ApiStep, response: httpx.Response) -> dict[str, object]:
+    if not step.save:
+        return {}
+    data = _json(step.name, response)
+    return {name: _value(step.name, data, path) for name, path in step.save.items()}
+
+
+def _json(step: str, response: httpx.Response) -> object:
+    if not response.content.strip():
+        raise BadResponseError(
+            f"step {step}: the response body is empty; expected JSON", step=step, status=response.status_code
+        )
+    try:
+        return response.json()
+    except ValueError:
+        kind = response.headers.get("Content-Type", "unknown type")
+        raise BadResponseError(
+            f"step {step}: the response is not JSON ({kind}): {excerpt(response, 80)}",
+            step=step, status=response.status_code, body_excerpt=excerpt(response),
+        ) from None
+
+
+def _value(step: str, data: object, path: str) -> object:
+    try:
+        value = dig(data, path)
+    except MissingValueError as error:
+        raise BadResponseError(
+            f"step {step}: the response has no {error.path!r} ({error.reason})", step=step,
+            body_excerpt=as_text(data)[:500],
+        ) from None
+    if value is None:
+        raise BadResponseError(f"step {step}: the response's {path!r} is null", step=step)
+    return value
+
+
+def _optional(data: object, path: str | None) -> object:
+    if path is None:
+        return None
+    try:
+        return dig(data, path)
+    except MissingValueError:
+        return None
+
+
+def _s3_error(response: httpx.Response) -> tuple[str, str] | None:
+    """``(Code, Message)`` from an S3-style XML error body, if it is one."""
+    body = response.content[:65536]
+    if b"<Error" not in body:
+        return None
+    try:
+        root = ElementTree.fromstring(body)  # noqa: S314 -- small body from the storage we upload to
+    except ElementTree.ParseError:
+        return None
+    return (root.findtext("Code") or "", root.findtext("Message") or "")
+
+
+def _attachment_name(response: httpx.Response) -> str | None:
+    header = response.headers.get("Content-Disposition")
+    if not header:
+        return None
+    message = email.message.Message()
+    message["Content-Disposition"] = header
+    filename = message.get_filename()
+    return _safe_name(filename) if filename else None
+
+
+def _safe_name(name: str) -> str:
+    """A server-chosen name reduced to a plain file name: no folders, no hidden files."""
+    plain = PurePosixPath(name.replace("\\", "/")).name.lstrip(".").strip()
+    return "".join(character for character in plain if character.isprintable())
+
+
+async def _stream_to(response: httpx.Response, path: Path) -> int:
+    written = 0
+    with path.open("wb") as handle:
+        async for chunk in response.aiter_bytes(_DOWNLOAD_CHUNK):
+            handle.write(chunk)
+            written += len(chunk)
+        handle.flush()
+        os.fsync(handle.fileno())
+    return written

@@ -1,0 +1,145 @@
+"""Every error the daemon knows how to handle, in one tree.
+
+::
+
+    UploaderError
+    ├── AdminError                  an admin can fix it; the process exits with its code
+    │   ├── ConfigError             bad configuration (exit 2), every problem listed
+    │   ├── StateDirError           state_dir unusable (exit 3)
+    │   └── AlreadyRunningError     another daemon holds the state_dir lock (exit 4)
+    ├── LoginFailedError            no credential could be obtained; files wait, login is
+    │                               retried with the target's backoff
+    └── DeliveryError               one file's delivery did not complete
+        ├── TransientDeliveryError  retry with backoff (408/429/5xx, network, timeout)
+        │   ├── BadResponseError    a 2xx whose body lacks what a later step needs
+        │   └── PollDeadlineError   a poll never reached a terminal value in time
+        ├── AuthRejectedError       401: the token used is discarded, retried after login
+        ├── StaleUploadGrantError   the presigned policy expired: restart from step one
+        └── PermanentDeliveryError  other 4xx, or the server reported a failure value:
+                                    the file goes to failed_dir at once
+
+Errors carry what an admin needs to read at 3 a.m. (the step, the HTTP status, an
+excerpt of the body) and never a secret.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+class UploaderError(Exception):
+    """Base of every error raised on purpose by uploader-daemon."""
+
+
+class AdminError(UploaderError):
+    """A problem an admin fixes by editing config, permissions or the environment."""
+
+    exit_code = 1
+
+
+class ConfigError(AdminError):
+    """The configuration was refused; ``problems`` holds one sentence per problem."""
+
+    exit_code = 2
+
+    def __init__(self, source: str, problems: Sequence[str]) -> None:
+        self.source = source
+        self.problems = tuple(problems)
+        count = len(self.problems)
+        noun = "problem" if count == 1 else "problems"
+        super().__init__(f"{source} has {count} {noun}:\n" + "\n".join(f"  {p}" for p in problems))
+
+
+class StateDirError(AdminError):
+    """The state directory (journal, token store) cannot be created or used."""
+
+    exit_code = 3
+
+
+class AlreadyRunningError(AdminError):
+    """Another daemon process already uses this state directory."""
+
+    exit_code = 4
+
+
+class LoginFailedError(UploaderError):
+    """Logging in (or refreshing into a new login) did not produce a usable token.
+
+    ``retry_at`` is the wall-clock time before which no new login is attempted.
+    """
+
+    def __init__(self, message: str, *, retry_at: float, status: int | None = None) -> None:
+        super().__init__(message)
+        self.retry_at = retry_at
+        self.status = status
+
+
+class DeliveryError(UploaderError):
+    """A delivery step did not succeed.
+
+    ``step`` names the configured step, ``status`` is the HTTP status when there was a
+    response, ``body_excerpt`` is the start of the response body (for the log and the
+    ``.error.json`` sidecar).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        step: str | None = None,
+        status: int | None = None,
+        body_excerpt: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.step = step
+        self.status = status
+        self.body_excerpt = body_excerpt
+
+
+class TransientDeliveryError(DeliveryError):
+    """Worth retrying later; ``retry_after`` is the server's ``Retry-After`` in seconds."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        step: str | None = None,
+        status: int | None = None,
+        body_excerpt: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message, step=step, status=status, body_excerpt=body_excerpt)
+        self.retry_after = retry_after
+
+
+class BadResponseError(TransientDeliveryError):
+    """A successful status whose body is unusable (not JSON, a value missing, wrong type)."""
+
+
+class PollDeadlineError(TransientDeliveryError):
+    """A poll step did not see a terminal value before its deadline."""
+
+
+class AuthRejectedError(DeliveryError):
+    """The API answered 401 to a request that carried the target's credential."""
+
+
+class StaleUploadGrantError(DeliveryError):
+    """The storage refused an expired presigned policy; the delivery starts over."""
+
+
+class PermanentDeliveryError(DeliveryError):
+    """Retrying cannot help: the file goes to ``failed_dir`` with a sidecar."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        step: str | None = None,
+        status: int | None = None,
+        body_excerpt: str | None = None,
+        details: object = None,
+    ) -> None:
+        super().__init__(message, step=step, status=status, body_excerpt=body_excerpt)
+        self.details = details

@@ -1,0 +1,111 @@
+"""Moving files out of the drop folder (archive, failed) and results into output folders.
+
+Nothing is ever overwritten: a name already taken gets a counter (``report.1.csv``).
+The move is a hard link followed by an unlink, because ``link`` refuses an existing
+name atomically where ``rename`` would silently replace it; across filesystems the
+file is copied to a temporary name in the destination, synced, then linked into place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+_MAX_CANDIDATES = 10_000
+
+
+def place(source: Path, directory: Path, name: str, *, keep_free: tuple[str, ...] = ()) -> Path:
+    """Move ``source`` into ``directory`` as ``name`` (or ``name`` with a counter).
+
+    ``keep_free`` lists suffixes whose companions must also be free (``.error.json``).
+    Returns the final path. Raises ``OSError`` when the move is impossible.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    for candidate in _candidates(name):
+        destination = directory / candidate
+        if any(destination.with_name(destination.name + suffix).exists() for suffix in keep_free):
+            continue
+        try:
+            _link_or_copy(source, destination)
+        except FileExistsError:
+            continue
+        source.unlink()
+        return destination
+    raise OSError(errno.EEXIST, f"no free name for {name} in {directory}")
+
+
+def archive(source: Path, archive_dir: Path, relative_path: str) -> Path:
+    """Move a delivered file into ``archive_dir``, keeping its sub-folder and name."""
+    relative = PurePosixPath(relative_path)
+    return place(source, archive_dir.joinpath(*relative.parts[:-1]), relative.name)
+
+
+def fail(source: Path, failed_dir: Path, relative_path: str, report: dict[str, Any]) -> Path:
+    """Move a file that cannot be delivered to ``failed_dir`` with a ``.error.json`` beside it."""
+    relative = PurePosixPath(relative_path)
+    destination = place(source, failed_dir.joinpath(*relative.parts[:-1]), relative.name,
+                        keep_free=(".error.json",))
+    write_atomically(destination.with_name(destination.name + ".error.json"),
+                     json.dumps(report, indent=2, default=str) + "\n")
+    return destination
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` via a synced temporary file and a rename."""
+    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with temporary.open("w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        temporary.replace(path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            temporary.unlink()
+
+
+def _candidates(name: str) -> Iterator[str]:
+    yield name
+    pure = PurePosixPath(name)
+    # "archive.tar.gz" -> "archive.1.tar.gz": the counter goes before every suffix.
+    suffixes = "".join(pure.suffixes[-2:]) if len(pure.suffixes) > 1 and pure.suffixes[-1] in (
+        ".gz", ".bz2", ".xz", ".zst") else pure.suffix
+    stem = name[: len(name) - len(suffixes)] if suffixes else name
+    for counter in range(1, _MAX_CANDIDATES):
+        yield f"{stem}.{counter}{suffixes}"
+
+
+def _link_or_copy(source: Path, destination: Path) -> None:
+    try:
+        os.link(source, destination)
+    except FileExistsError:
+        raise
+    except OSError as error:
+        if error.errno not in (errno.EXDEV, errno.EPERM, errno.ENOTSUP, errno.EMLINK):
+            raise
+        # Another filesystem, or one without hard links: copy beside the destination,
+        # then claim the final name without overwriting.
+        temporary = destination.with_name(f".{destination.name}.{uuid.uuid4().hex[:8]}.tmp")
+        try:
+            shutil.copy2(source, temporary)
+            with temporary.open("rb") as handle:
+                os.fsync(handle.fileno())
+            try:
+                os.link(temporary, destination)
+            except OSError as link_error:
+                if isinstance(link_error, FileExistsError):
+                    raise
+                if destination.exists():
+                    raise FileExistsError(errno.EEXIST, str(destination)) from None
+                os.rename(temporary, destination)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                temporary.unlink()
+

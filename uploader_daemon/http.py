@@ -1,0 +1,178 @@
+"""The one place HTTP requests are sent: timeouts, logging, and turning failures into errors.
+
+Transport problems (refused, reset, DNS, TLS, timeout) become :class:`NetworkError` with
+a sentence naming the host; statuses are classified by :func:`check_status` into the
+error tree of :mod:`uploader_daemon.errors`. Request logs carry the method, the URL
+without its query string (presigned URLs carry signatures there) and the status.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import re
+import time
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+
+from uploader_daemon.config.schema import ApiSettings
+from uploader_daemon.errors import (
+    AuthRejectedError,
+    PermanentDeliveryError,
+    TransientDeliveryError,
+    UploaderError,
+)
+from uploader_daemon.logs import get_logger
+
+log = get_logger(__name__)
+
+EXCERPT_LENGTH = 500
+_RETRYABLE_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
+
+
+class NetworkError(UploaderError):
+    """The request got no HTTP response (connection, DNS, TLS, timeout)."""
+
+
+def build_client(api: ApiSettings, connections: int) -> httpx.AsyncClient:
+    """An ``AsyncClient`` for one target: its timeout, TLS settings and a pool sized to
+    its concurrency (plus room for the login and poll requests)."""
+    verify: Any = api.verify_tls
+    if api.verify_tls and api.ca_file is not None:
+        verify = str(api.ca_file)
+    return httpx.AsyncClient(
+        timeout=httpx.Timeout(api.timeout),
+        verify=verify,
+        limits=httpx.Limits(max_connections=connections + 2, max_keepalive_connections=connections + 2),
+        follow_redirects=False,
+        headers={"User-Agent": "uploader-daemon"},
+    )
+
+
+async def send(
+    client: httpx.AsyncClient,
+    method: str,
+    url: str,
+    *,
+    stream: bool = False,
+    **options: Any,
+) -> httpx.Response:
+    """Send one request; returns the response whatever its status.
+
+    With ``stream=True`` the body is not read (the caller streams and closes it).
+    Raises :class:`NetworkError` when no response arrived.
+    """
+    started = time.monotonic()
+    request = client.build_request(method, url, **options)
+    try:
+        response = await client.send(request, stream=stream)
+    except httpx.TimeoutException as error:
+        raise NetworkError(f"{method} {_host(url)} timed out ({type(error).__name__})") from None
+    except httpx.HTTPError as error:
+        raise NetworkError(f"{method} {_host(url)} failed: {_reason(error)}") from None
+    log.debug(
+        "http_request",
+        method=method,
+        url=safe_url(url),
+        status=response.status_code,
+        duration_ms=round((time.monotonic() - started) * 1000, 1),
+    )
+    return response
+
+
+def check_status(
+    response: httpx.Response,
+    step: str,
+    expect: tuple[int, ...] = (),
+    *,
+    credentialed: bool = True,
+    detail: str = "",
+) -> None:
+    """Raise the right error unless ``response`` has an accepted status.
+
+    Accepted: ``expect`` when given, else any 2xx. 401 on a credentialed request is
+    :class:`AuthRejectedError`; 408/425/429/5xx are transient; other statuses are
+    permanent. ``detail`` is appended to the message (a storage's error code). The body
+    must already be read.
+    """
+    status = response.status_code
+    if (status in expect) if expect else 200 <= status < 300:
+        return
+    body = excerpt(response)
+    if status == 401 and credentialed:
+        raise AuthRejectedError(
+            f"step {step}: the API answered 401 Unauthorized; the token was refused",
+            step=step, status=status, body_excerpt=body,
+        )
+    if status in _RETRYABLE_STATUSES or status >= 500:
+        raise TransientDeliveryError(
+            f"step {step}: the server answered {status}{_reason_phrase(response)}{detail}",
+            step=step, status=status, body_excerpt=body, retry_after=retry_after(response),
+        )
+    raise PermanentDeliveryError(
+        f"step {step}: the server refused the request with {status}{_reason_phrase(response)}{detail}",
+        step=step, status=status, body_excerpt=body,
+    )
+
+
+def excerpt(response: httpx.Response, limit: int = EXCERPT_LENGTH) -> str:
+    """The start of a (read) response body as one line of text, for logs and sidecars."""
+    try:
+        text = response.content[: limit * 4].decode(response.encoding or "utf-8", "replace")
+    except (httpx.ResponseNotRead, LookupError):
+        return ""
+    text = " ".join(text.split())
+    return text[:limit] + ("..." if len(text) > limit else "")
+
+
+def retry_after(response: httpx.Response) -> float | None:
+    """``Retry-After`` in seconds (delta-seconds or HTTP-date), or ``None``."""
+    value = response.headers.get("Retry-After")
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        moment = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, moment.timestamp() - time.time())
+
+
+def safe_url(url: str) -> str:
+    """``url`` without query string or user info: presigned URLs carry signatures."""
+    parts = urlsplit(url)
+    netloc = parts.hostname or ""
+    if parts.port:
+        netloc += f":{parts.port}"
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+def same_origin(url: str, origin: tuple[str, str, int | None]) -> bool:
+    parts = urlsplit(url)
+    return (parts.scheme, parts.hostname or "", parts.port) == origin
+
+
+def join_url(base_url: str, path: str, query: Mapping[str, object] | None = None) -> str:
+    """``base_url`` + ``path`` (the base's own path prefix is kept, unlike urljoin)."""
+    url = base_url.rstrip("/") + "/" + path.lstrip("/")
+    return url if not query else str(httpx.URL(url, params={k: str(v) for k, v in query.items()}))
+
+
+def _host(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.hostname}:{parts.port}" if parts.port else str(parts.hostname)
+
+
+def _reason(error: httpx.HTTPError) -> str:
+    cause = error.__cause__ or error.__context__
+    text = str(error) or (str(cause) if cause else "") or type(error).__name__
+    # Strip errno prefixes: "[Errno 111] Connection refused" -> "Connection refused".
+    return re.sub(r"^\[Errno -?\d+\]\s*", "", text)
+
+
+def _reason_phrase(response: httpx.Response) -> str:
+    return f" {response.reason_phrase}" if response.reason_phrase else ""

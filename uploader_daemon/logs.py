@@ -1,0 +1,170 @@
+"""Logging: structured events, one JSON object per line for journald, readable on a TTY.
+
+Every logger goes through the same chain, ours (structlog) and the libraries' (stdlib
+``logging``: apscheduler, httpx, watchdog), so all output looks alike and every line
+passes the :class:`Redactor`. Configured once by the CLI, never at import time.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from collections.abc import Iterable, MutableMapping
+from typing import Any, TextIO
+
+import structlog
+from structlog.typing import EventDict, Processor, WrappedLogger
+
+REDACTED = "[REDACTED]"
+
+# Keys whose values are secrets whatever they contain.
+_SENSITIVE_KEY = re.compile(
+    r"^(password|passwd|secret|token|access_token|refresh_token|id_token|authorization|"
+    r"proxy_authorization|cookie|set_cookie|api_key|app_key|user_token|client_secret|"
+    r"x_amz_signature|signature|policy|credentials?)$|(_password|_secret|_token)$"
+)
+# Credentials that can show up inside free text (an exception message, a body excerpt).
+_BEARER = re.compile(r"(?i)\b(bearer|basic|tok:)\s*[A-Za-z0-9._~+/=-]{6,}")
+_JWT = re.compile(r"\beyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*")
+_MIN_SECRET_LENGTH = 4
+
+# Libraries whose INFO output is noise for an admin (a line per HTTP request, per
+# scheduler tick) or could echo URLs with presigned query strings.
+_QUIET_LIBRARIES = ("apscheduler", "httpx", "httpcore", "watchdog", "botocore", "urllib3", "pycognito")
+
+
+class Redactor:
+    """A structlog processor that removes secrets from every event.
+
+    Three nets: keys named like secrets are blanked; every value the daemon knows to be
+    secret (passwords, header values, tokens as they are issued) is cut out of any text;
+    ``Bearer ...`` and JWT-shaped strings are cut out even when not registered.
+    """
+
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        self._secrets: set[str] = set()
+        for secret in secrets:
+            self.add(secret)
+
+    def add(self, secret: str) -> None:
+        """Register a secret value (a token as soon as it is obtained)."""
+        if len(secret) >= _MIN_SECRET_LENGTH:
+            self._secrets.add(secret)
+
+    def discard(self, secret: str) -> None:
+        """Forget a secret that can no longer be used (a replaced token)."""
+        self._secrets.discard(secret)
+
+    def __call__(self, logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
+        for key in list(event_dict):
+            event_dict[key] = self._clean(key, event_dict[key])
+        return event_dict
+
+    def scrub(self, text: str) -> str:
+        """Return ``text`` with every known and recognisable credential replaced."""
+        for secret in sorted(self._secrets, key=len, reverse=True):
+            if secret in text:
+                text = text.replace(secret, REDACTED)
+        if "eyJ" in text:
+            text = _JWT.sub(REDACTED, text)
+        return _BEARER.sub(lambda match: f"{match.group(1)} {REDACTED}", text)
+
+    def _clean(self, key: object, value: Any) -> Any:
+        if isinstance(key, str) and _SENSITIVE_KEY.search(key.lower().replace("-", "_")):
+            return REDACTED if value not in (None, "") else value
+        if isinstance(value, str):
+            return self.scrub(value)
+        if isinstance(value, MutableMapping | dict):
+            return {k: self._clean(k, v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [self._clean(None, item) for item in value]
+        if isinstance(value, bytes | bytearray):
+            return self.scrub(bytes(value).decode("utf-8", "replace"))
+        return value
+
+
+def configure_logging(
+    level: str,
+    log_format: str,
+    redactor: Redactor,
+    stream: TextIO | None = None,
+) -> None:
+    """Route all logging through structlog with ``redactor`` last before rendering.
+
+    ``log_format`` is ``json``, ``console`` or ``auto`` (console when ``stream`` is a TTY).
+    """
+    output = stream if stream is not None else sys.stdout
+    use_console = log_format == "console" or (log_format == "auto" and output.isatty())
+    renderer: Processor = (
+        structlog.dev.ConsoleRenderer(colors=output.isatty(), exception_formatter=structlog.dev.plain_traceback)
+        if use_console
+        else structlog.processors.JSONRenderer()
+    )
+    shared: list[Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.stdlib.ExtraAdder(),
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.processors.StackInfoRenderer(),
+        # Render tracebacks to text before redaction, so secrets in them are cut too.
+        structlog.processors.format_exc_info,
+        structlog.processors.UnicodeDecoder(),
+    ]
+    structlog.configure(
+        processors=[
+            structlog.stdlib.filter_by_level,
+            *shared,
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+        ],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=True,
+    )
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=shared,
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            _drop_logger_name_for_own_events,
+            redactor,
+            _standard_keys_first,
+            renderer,
+        ],
+    )
+    handler = logging.StreamHandler(output)
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    for existing in list(root.handlers):
+        root.removeHandler(existing)
+    root.addHandler(handler)
+    root.setLevel(level.upper())
+    library_level = logging.DEBUG if level == "debug" else logging.WARNING
+    for name in _QUIET_LIBRARIES:
+        logging.getLogger(name).setLevel(library_level)
+    # httpcore's debug output is a line per socket operation: useless even when debugging.
+    logging.getLogger("httpcore").setLevel(logging.WARNING)
+    logging.captureWarnings(True)
+
+
+def _drop_logger_name_for_own_events(
+    logger: WrappedLogger, method_name: str, event_dict: EventDict
+) -> EventDict:
+    """Our own events are identified by their name; only library lines need the logger."""
+    name = event_dict.get("logger")
+    if isinstance(name, str) and name.startswith("uploader_daemon"):
+        del event_dict["logger"]
+    return event_dict
+
+
+def _standard_keys_first(logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
+    """``timestamp``, ``level``, ``event`` lead every line, so a person can scan them."""
+    ordered = {key: event_dict.pop(key) for key in ("timestamp", "level", "event") if key in event_dict}
+    ordered.update(event_dict)
+    return ordered
+
+
+def get_logger(name: str) -> structlog.stdlib.BoundLogger:
+    """A logger for a module of this package (``get_logger(__name__)``)."""
+    logger: structlog.stdlib.BoundLogger = structlog.stdlib.get_logger(name)
+    return logger

@@ -1,0 +1,149 @@
+"""When is a file in the drop folder ready to upload?
+
+Ready means: its writer closed it (or it was renamed in, which is atomic) and its size
+and mtime then stayed the same for ``settle``. A file being written is never offered:
+
+- created or written to (inotify ``IN_CREATE``/``IN_MODIFY``): *writing*; wait for the
+  close, however long the writer pauses;
+- closed after writing, renamed into the folder, or found by a scan: *settling*; offered
+  once (size, mtime) held still for ``settle`` (at once when ``settle`` is 0);
+- metadata changed while settling (``touch``, ``chmod``): the settle period restarts;
+- a file stuck in *writing* whose (size, mtime) did not change between two scans is
+  treated as closed: the close event was lost (inotify queue overflow) or never came
+  (a hard link, a directory moved in). This is the rescan's backstop.
+
+All methods run on the event loop's thread; only timers, no polling.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+Snapshot = tuple[int, int]  # (size, mtime_ns)
+
+
+@dataclass
+class _Entry:
+    writing: bool
+    snapshot: Snapshot | None = None
+    seen_by_scan: Snapshot | None = None
+    timer: asyncio.TimerHandle | None = field(default=None, repr=False)
+
+
+class ReadinessTracker:
+    """Turns file events into "ready" offers, per file, with settle timers."""
+
+    def __init__(
+        self,
+        settle: float,
+        offer: Callable[[str], None],
+        stat: Callable[[str], Snapshot | None],
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        self._settle = settle
+        self._offer = offer
+        self._stat = stat
+        self._loop = loop
+        self._entries: dict[str, _Entry] = {}
+
+    def tracked(self, path: str) -> bool:
+        return path in self._entries
+
+    def written(self, path: str) -> None:
+        """Content is being written (created, or modified)."""
+        entry = self._entries.get(path)
+        if entry is None:
+            self._entries[path] = _Entry(writing=True)
+            return
+        self._cancel(entry)
+        entry.writing = True
+
+    def created(self, path: str) -> None:
+        """A creation event; duplicates of a file already settling are ignored.
+
+        watchdog simulates creation events for files inside a directory that appears;
+        those files are already settling from the directory scan.
+        """
+        entry = self._entries.get(path)
+        if entry is not None and not entry.writing:
+            return
+        self.written(path)
+
+    def closed(self, path: str) -> None:
+        """The writer closed the file, or it was renamed in: start settling."""
+        entry = self._entries.setdefault(path, _Entry(writing=False))
+        entry.writing = False
+        self._start_settling(path, entry)
+
+    def touched(self, path: str) -> None:
+        """Metadata changed: a settling file settles again from now."""
+        entry = self._entries.get(path)
+        if entry is not None and not entry.writing:
+            self._start_settling(path, entry)
+
+    def removed(self, path: str) -> None:
+        entry = self._entries.pop(path, None)
+        if entry is not None:
+            self._cancel(entry)
+
+    def removed_below(self, directory: str) -> None:
+        """A directory went away (or was renamed): forget everything under it."""
+        prefix = directory.rstrip(os.sep) + os.sep
+        for path in [p for p in self._entries if p.startswith(prefix)]:
+            self.removed(path)
+
+    def scanned(self, path: str, snapshot: Snapshot) -> None:
+        """A scan found the file (start-up, periodic rescan, a directory appearing)."""
+        entry = self._entries.get(path)
+        if entry is None:
+            entry = self._entries[path] = _Entry(writing=False)
+            self._start_settling(path, entry, snapshot)
+            return
+        if entry.writing:
+            if entry.seen_by_scan == snapshot:
+                entry.writing = False  # no close came, and nothing changed since the last scan
+                self._start_settling(path, entry, snapshot)
+            else:
+                entry.seen_by_scan = snapshot
+
+    def clear(self) -> None:
+        for entry in self._entries.values():
+            self._cancel(entry)
+        self._entries.clear()
+
+    def _start_settling(self, path: str, entry: _Entry, snapshot: Snapshot | None = None) -> None:
+        self._cancel(entry)
+        entry.snapshot = snapshot if snapshot is not None else self._stat(path)
+        if entry.snapshot is None:
+            self.removed(path)
+            return
+        if self._settle <= 0:
+            self._ready(path)
+            return
+        entry.timer = self._loop.call_later(self._settle, self._check, path)
+
+    def _check(self, path: str) -> None:
+        entry = self._entries.get(path)
+        if entry is None or entry.writing:
+            return
+        entry.timer = None
+        current = self._stat(path)
+        if current is None:
+            self.removed(path)
+        elif current == entry.snapshot:
+            self._ready(path)
+        else:
+            self._start_settling(path, entry, current)
+
+    def _ready(self, path: str) -> None:
+        self.removed(path)
+        self._offer(path)
+
+    @staticmethod
+    def _cancel(entry: _Entry) -> None:
+        if entry.timer is not None:
+            entry.timer.cancel()
+            entry.timer = None

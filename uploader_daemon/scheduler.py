@@ -1,0 +1,89 @@
+"""Timed jobs, run by APScheduler on the daemon's event loop.
+
+Per target: the token check every ``auth.refresh.check_every``, a one-off check
+``before_expiry`` ahead of each token's expiry (a fixed interval alone could wake up
+just after the token died), and the folder rescan every ``watch.rescan_every``. Daily:
+pruning old journal rows. Jobs are plain coroutine functions that never raise; the
+scheduler only decides when they run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+from collections.abc import Awaitable, Callable
+
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+from uploader_daemon.logs import get_logger
+
+log = get_logger(__name__)
+
+Job = Callable[[], Awaitable[object]]
+
+
+class Scheduler:
+    """A thin, typed face over APScheduler's ``AsyncIOScheduler``."""
+
+    def __init__(self) -> None:
+        self._running: set[asyncio.Task[object]] = set()
+        self._scheduler = AsyncIOScheduler(
+            timezone=datetime.UTC,
+            job_defaults={
+                # A tick missed while the machine slept runs once, late, not N times.
+                "coalesce": True,
+                "max_instances": 1,
+                "misfire_grace_time": 3600,
+            },
+        )
+
+    def start(self) -> None:
+        """Start on the running event loop."""
+        self._scheduler.start()
+
+    def shutdown(self) -> None:
+        """Stop scheduling; jobs already running go on (see :meth:`finish_running`)."""
+        if self._scheduler.running:
+            self._scheduler.shutdown(wait=False)
+
+    async def finish_running(self, timeout: float) -> None:
+        """Let jobs that are mid-way (a token refresh) complete, for at most ``timeout``."""
+        if self._running:
+            await asyncio.wait(list(self._running), timeout=timeout)
+
+    def every(self, job_id: str, seconds: float, job: Job) -> None:
+        """Run ``job`` every ``seconds``, first one interval from now."""
+        self._scheduler.add_job(self._guarded(job_id, job), "interval", seconds=seconds, id=job_id,
+                                replace_existing=True)
+
+    def at(self, job_id: str, when: float, job: Job) -> None:
+        """Run ``job`` once at wall time ``when`` (at once if that has passed)."""
+        moment = datetime.datetime.fromtimestamp(when, datetime.UTC)
+        now = datetime.datetime.now(datetime.UTC)
+        self._scheduler.add_job(self._guarded(job_id, job), "date", run_date=max(moment, now), id=job_id,
+                                replace_existing=True)
+
+    def next_run(self, job_id: str) -> float | None:
+        job = self._scheduler.get_job(job_id)
+        if job is None or job.next_run_time is None:
+            return None
+        return float(job.next_run_time.timestamp())
+
+
+    def _guarded(self, job_id: str, job: Job) -> Callable[[], Awaitable[None]]:
+        """Wrap a job so that an exception is logged and the next tick still comes."""
+
+        async def run() -> None:
+            task = asyncio.current_task()
+            if task is not None:
+                self._running.add(task)
+            try:
+                await job()
+            except Exception as error:
+                log.error("scheduled_job_failed", job=job_id, error=str(error), error_type=type(error).__name__)
+                log.debug("scheduled_job_traceback", job=job_id, exc_info=True)
+            finally:
+                if task is not None:
+                    self._running.discard(task)
+
+        return run
