@@ -1,0 +1,182 @@
+"""Test helpers: waiting on conditions with deadlines, running the real daemon.
+
+Nothing here sleeps to wait for something: :func:`wait_until` re-checks a condition
+until a deadline, and the daemon runners wait on events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from uploader_daemon.clock import Clock
+from uploader_daemon.config import Config, parse_config
+from uploader_daemon.daemon import Daemon
+from uploader_daemon.logs import Redactor
+from uploader_daemon.secrets import secret_values
+
+DEFAULT_TIMEOUT = 15.0
+_POLL = 0.01
+
+
+def wait_until(condition: Callable[[], object], timeout: float = DEFAULT_TIMEOUT, message: str = "") -> None:
+    """Re-check ``condition`` until it is true; fail the test after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    pause = threading.Event()
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {message or condition}")
+        pause.wait(_POLL)
+
+
+def write_config(path: Path, text: str, **values: object) -> Path:
+    """Write a dedented YAML config, filling ``{placeholders}`` from ``values``."""
+    path.write_text(textwrap.dedent(text).format(**values), encoding="utf-8")
+    return path
+
+
+def load(text: str, environ: Mapping[str, str] | None = None, **values: object) -> Config:
+    """Parse an inline dedented YAML config (``{placeholders}`` filled from ``values``)."""
+    return parse_config(textwrap.dedent(text).format(**values), "test config", dict(environ or {}))
+
+
+class DaemonThread:
+    """The real daemon, in-process, on its own event loop in a background thread."""
+
+    def __init__(self, config: Config, clock: Clock | None = None) -> None:
+        self.config = config
+        self.redactor = Redactor(secret_values(config))
+        self._clock = clock
+        self.daemon: Daemon | None = None
+        self.exit_code: int | None = None
+        self.error: BaseException | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._started = threading.Event()
+        self._thread = threading.Thread(target=self._main, name="daemon", daemon=True)
+
+    def start(self, timeout: float = DEFAULT_TIMEOUT) -> DaemonThread:
+        self._thread.start()
+        if not self._started.wait(timeout):
+            raise AssertionError("the daemon did not start in time")
+        if self.error is not None:
+            raise self.error
+        return self
+
+    def stop(self, timeout: float = DEFAULT_TIMEOUT) -> int | None:
+        loop, daemon = self._loop, self.daemon
+        if loop is not None and daemon is not None and self._thread.is_alive():
+            loop.call_soon_threadsafe(daemon.request_stop)
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            raise AssertionError("the daemon did not stop in time")
+        if self.error is not None:
+            raise self.error
+        return self.exit_code
+
+    def call(self, function: Callable[[], Any], timeout: float = DEFAULT_TIMEOUT) -> Any:
+        """Run ``function`` on the daemon's loop thread and return its result."""
+        assert self._loop is not None
+        result: dict[str, Any] = {}
+        done = threading.Event()
+
+        def run() -> None:
+            try:
+                result["value"] = function()
+            except BaseException as error:  # handed to the test thread
+                result["error"] = error
+            finally:
+                done.set()
+
+        self._loop.call_soon_threadsafe(run)
+        if not done.wait(timeout):
+            raise AssertionError("the daemon loop did not answer in time")
+        if "error" in result:
+            raise result["error"]
+        return result["value"]
+
+    def run_coroutine(self, coroutine: Any, timeout: float = DEFAULT_TIMEOUT) -> Any:
+        """Run a coroutine on the daemon's loop (e.g. a scheduled job body) and wait for it."""
+        assert self._loop is not None
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout)
+
+    def _main(self) -> None:
+        async def run() -> None:
+            self._loop = asyncio.get_running_loop()
+            self.daemon = Daemon(self.config, redactor=self.redactor, clock=self._clock, handle_signals=False)
+            task = asyncio.create_task(self.daemon.run())
+            started = asyncio.create_task(self.daemon.started.wait())
+            await asyncio.wait([task, started], return_when=asyncio.FIRST_COMPLETED)
+            self._started.set()
+            try:
+                self.exit_code = await task
+            finally:
+                started.cancel()
+
+        try:
+            asyncio.run(run())
+        except BaseException as error:
+            self.error = error
+        finally:
+            self._started.set()
+
+
+@contextmanager
+def running_daemon(config: Config, clock: Clock | None = None) -> Iterator[DaemonThread]:
+    """Start the daemon in a thread for the ``with`` block; stop it afterwards."""
+    runner = DaemonThread(config, clock).start()
+    try:
+        yield runner
+    finally:
+        runner.stop()
+
+
+class DaemonProcess:
+    """``python -m uploader_daemon run`` as a real process, its stdout in a file."""
+
+    def __init__(self, config_path: Path, log_path: Path, env: Mapping[str, str] | None = None) -> None:
+        self.config_path = config_path
+        self.log_path = log_path
+        environment = {**os.environ, **(env or {})}
+        environment.pop("NOTIFY_SOCKET", None)
+        self._log_file = log_path.open("ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "uploader_daemon", "run", "--config", str(config_path)],
+            stdout=self._log_file, stderr=subprocess.STDOUT, env=environment,
+        )
+
+    @property
+    def output(self) -> str:
+        return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+    def wait_for_log(self, text: str, timeout: float = DEFAULT_TIMEOUT) -> None:
+        wait_until(lambda: text in self.output or self.process.poll() is not None, timeout, f"log {text!r}")
+        if text not in self.output:
+            raise AssertionError(f"the daemon exited ({self.process.returncode}) before logging {text!r}:\n"
+                                 f"{self.output}")
+
+    def signal(self, signum: int = signal.SIGTERM) -> None:
+        self.process.send_signal(signum)
+
+    def kill(self) -> None:
+        self.process.kill()
+        self.process.wait(DEFAULT_TIMEOUT)
+
+    def wait(self, timeout: float = DEFAULT_TIMEOUT) -> int:
+        code = self.process.wait(timeout)
+        self._log_file.close()
+        return code
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.kill()
+        self._log_file.close()
