@@ -72,6 +72,11 @@ class ReadinessTracker:
             return
         self.written(path)
 
+    def appeared(self, path: str) -> None:
+        """A file seen for the first time without a write event: settle it on (size, mtime)."""
+        if path not in self._entries:
+            self.closed(path)
+
     def closed(self, path: str) -> None:
         """The writer closed the file, or it was renamed in: start settling."""
         entry = self._entries.setdefault(path, _Entry(writing=False))

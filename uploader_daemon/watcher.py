@@ -203,7 +203,11 @@ class FolderWatcher:
         elif isinstance(event, FileAttribEvent):
             tracker.touched(source)
         elif isinstance(event, FileCreatedEvent):
-            if self.events_have_close:
+            if event.is_synthetic:
+                # watchdog made this up for a file inside a directory that appeared:
+                # the file may be complete already, and no close may ever come.
+                tracker.appeared(source)
+            elif self.events_have_close:
                 tracker.created(source)
             else:
                 tracker.closed(source)

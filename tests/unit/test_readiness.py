@@ -1,0 +1,250 @@
+"""When a file in the drop folder counts as ready: the ReadinessTracker's rules.
+
+Time is a fake timer wheel, so settle periods pass instantly and deterministically.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any, cast
+
+import pytest
+
+from uploader_daemon.readiness import ReadinessTracker, Snapshot
+
+SETTLE = 2.0
+
+
+class FakeTimers:
+    """The part of an event loop the tracker uses (``call_later``), with manual time."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self._pending: list[tuple[float, Callable[..., object], tuple[Any, ...], FakeHandle]] = []
+
+    def call_later(self, delay: float, callback: Callable[..., object], *args: Any) -> FakeHandle:
+        handle = FakeHandle()
+        self._pending.append((self.now + delay, callback, args, handle))
+        return handle
+
+    def advance(self, seconds: float) -> None:
+        """Move time forward, running every timer that falls due, in order."""
+        target = self.now + seconds
+        while True:
+            due = sorted((entry for entry in self._pending if entry[0] <= target), key=lambda e: e[0])
+            if not due:
+                break
+            entry = due[0]
+            self._pending.remove(entry)
+            self.now = entry[0]
+            if not entry[3].cancelled:
+                entry[1](*entry[2])
+        self.now = target
+
+    @property
+    def active(self) -> int:
+        return sum(1 for entry in self._pending if not entry[3].cancelled)
+
+
+class FakeHandle:
+    def __init__(self) -> None:
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class Folder:
+    """File sizes and mtimes the tracker sees through its ``stat`` function."""
+
+    def __init__(self) -> None:
+        self.files: dict[str, Snapshot] = {}
+
+    def write(self, path: str, size: int, mtime: int) -> None:
+        self.files[path] = (size, mtime)
+
+    def stat(self, path: str) -> Snapshot | None:
+        return self.files.get(path)
+
+
+@pytest.fixture
+def timers() -> FakeTimers:
+    return FakeTimers()
+
+
+@pytest.fixture
+def folder() -> Folder:
+    return Folder()
+
+
+@pytest.fixture
+def offered() -> list[str]:
+    return []
+
+
+def make_tracker(timers: FakeTimers, folder: Folder, offered: list[str], settle: float = SETTLE) -> ReadinessTracker:
+    return ReadinessTracker(settle, offered.append, folder.stat, cast(asyncio.AbstractEventLoop, timers))
+
+
+def test_closed_file_is_offered_after_the_settle_period(timers: FakeTimers, folder: Folder, offered: list[str]) -> None:
+    """A closed file is ready once its size and mtime held still for `settle`."""
+    tracker = make_tracker(timers, folder, offered)
+    folder.write("a.csv", 10, 1)
+    tracker.written("a.csv")
+    tracker.closed("a.csv")
+    timers.advance(SETTLE - 0.1)
+    assert [] == offered
+    timers.advance(0.2)
+    assert ["a.csv"] == offered
+
+
+def test_zero_settle_offers_at_the_moment_of_closing(timers: FakeTimers, folder: Folder, offered: list[str]) -> None:
+    """With settle 0 a file is offered when its writer closes it, without a timer."""
+    tracker = make_tracker(timers, folder, offered, settle=0)
+    folder.write("a.csv", 10, 1)
+    tracker.closed("a.csv")
+    assert ["a.csv"] == offered
+    assert 0 == timers.active
+
+
+def test_file_still_open_for_writing_is_never_offered(timers: FakeTimers, folder: Folder, offered: list[str]) -> None:
+    """A writer pausing far longer than `settle` does not make a half-written file ready."""
+    tracker = make_tracker(timers, folder, offered)
+    folder.write("big.bin", 100, 1)
+    tracker.created("big.bin")
+    tracker.written("big.bin")
+    timers.advance(3600)
+    assert [] == offered
+    folder.write("big.bin", 200, 2)
+    tracker.closed("big.bin")
+    timers.advance(SETTLE)
+    assert ["big.bin"] == offered
+
+
+def test_write_during_settling_waits_for_the_next_close(timers: FakeTimers, folder: Folder, offered: list[str]) -> None:
+    """A file reopened for writing while settling goes back to waiting for its close."""
+    tracker = make_tracker(timers, folder, offered)
+    folder.write("a.csv", 10, 1)
+    tracker.closed("a.csv")
+    timers.advance(1)
+    folder.write("a.csv", 20, 2)
+    tracker.written("a.csv")
+    timers.advance(10)
+    assert [] == offered
+    tracker.closed("a.csv")
+    timers.advance(SETTLE)
+    assert ["a.csv"] == offered
+
+
+def test_change_seen_at_the_settle_check_restarts_the_period(
+    timers: FakeTimers, folder: Folder, offered: list[str]
+) -> None:
+    """A size or mtime that moved without an event (NFS, mmap) restarts the settle period."""
+    tracker = make_tracker(timers, folder, offered)
+    folder.write("a.csv", 10, 1)
+    tracker.closed("a.csv")
+    folder.write("a.csv", 11, 2)
+    timers.advance(SETTLE)
+    assert [] == offered
+    timers.advance(SETTLE)
+    assert ["a.csv"] == offered
+
+
+def test_metadata_change_restarts_the_settle_period(timers: FakeTimers, folder: Folder, offered: list[str]) -> None:
+    """`touch` or `chmod` on a settling file makes it settle again from that moment."""
+    tracker = make_tracker(timers, folder, offered)
+    folder.write("a.csv", 10, 1)
+    tracker.closed("a.csv")
+    timers.advance(1.5)
+    folder.write("a.csv", 10, 5)
+    tracker.touched("a.csv")
+    timers.advance(1.5)
+    assert [] == offered
+    timers.advance(0.6)
+    assert ["a.csv"] == offered
+
+
+def test_removed_file_is_forgotten(timers: FakeTimers, folder: Folder, offered: list[str]) -> None:
+    """A file deleted or moved away while settling is never offered."""
+    tracker = make_tracker(timers, folder, offered)
+    folder.write("a.csv", 10, 1)
+    tracker.closed("a.csv")
+    tracker.removed("a.csv")
+    timers.advance(SETTLE * 2)
+    assert [] == offered
+    assert not tracker.tracked("a.csv")
+
+
+def test_file_gone_at_the_settle_check_is_dropped(timers: FakeTimers, folder: Folder, offered: list[str]) -> None:
+    """A file that vanished without an event is dropped at its settle check."""
+    tracker = make_tracker(timers, folder, offered)
+    folder.write("a.csv", 10, 1)
+    tracker.closed("a.csv")
+    del folder.files["a.csv"]
+    timers.advance(SETTLE)
+    assert [] == offered
+    assert not tracker.tracked("a.csv")
+
+
+def test_simulated_creation_does_not_reset_a_settling_file(
+    timers: FakeTimers, folder: Folder, offered: list[str]
+) -> None:
+    """watchdog's simulated creation events for a new directory's files do not block them."""
+    tracker = make_tracker(timers, folder, offered)
+    folder.write("sub/a.csv", 10, 1)
+    tracker.scanned("sub/a.csv", (10, 1))
+    tracker.created("sub/a.csv")
+    timers.advance(SETTLE)
+    assert ["sub/a.csv"] == offered
+
+
+def test_scan_of_an_unknown_file_settles_it(timers: FakeTimers, folder: Folder, offered: list[str]) -> None:
+    """A file found by a scan (present at start-up) is offered once it held still."""
+    tracker = make_tracker(timers, folder, offered)
+    folder.write("old.csv", 10, 1)
+    tracker.scanned("old.csv", (10, 1))
+    timers.advance(SETTLE)
+    assert ["old.csv"] == offered
+
+
+def test_missed_close_is_recovered_by_two_identical_scans(
+    timers: FakeTimers, folder: Folder, offered: list[str]
+) -> None:
+    """A file stuck "open" whose size and mtime did not move between two rescans is settled."""
+    tracker = make_tracker(timers, folder, offered)
+    folder.write("a.csv", 10, 1)
+    tracker.written("a.csv")
+    tracker.scanned("a.csv", (10, 1))
+    timers.advance(60)
+    assert [] == offered
+    tracker.scanned("a.csv", (10, 1))
+    timers.advance(SETTLE)
+    assert ["a.csv"] == offered
+
+
+def test_open_file_still_growing_between_scans_keeps_waiting(
+    timers: FakeTimers, folder: Folder, offered: list[str]
+) -> None:
+    """Scans that see a file grow leave it waiting for its writer."""
+    tracker = make_tracker(timers, folder, offered)
+    folder.write("a.csv", 10, 1)
+    tracker.written("a.csv")
+    tracker.scanned("a.csv", (10, 1))
+    folder.write("a.csv", 20, 2)
+    tracker.scanned("a.csv", (20, 2))
+    timers.advance(SETTLE * 10)
+    assert [] == offered
+
+
+def test_directory_removal_forgets_everything_below_it(
+    timers: FakeTimers, folder: Folder, offered: list[str]
+) -> None:
+    """Removing or renaming a sub-folder forgets the files that were settling in it."""
+    tracker = make_tracker(timers, folder, offered)
+    for name in ("sub/a.csv", "sub/deeper/b.csv", "subway.csv"):
+        folder.write(name, 1, 1)
+        tracker.closed(name)
+    tracker.removed_below("sub")
+    timers.advance(SETTLE)
+    assert ["subway.csv"] == offered
