@@ -74,8 +74,10 @@ def write_atomically(path: Path, text: str) -> None:
 def _candidates(name: str) -> Iterator[str]:
     yield name
     pure = PurePosixPath(name)
-    # "archive.tar.gz" -> "archive.1.tar.gz": the counter goes before every suffix.
-    suffixes = "".join(pure.suffixes[-2:]) if len(pure.suffixes) > 1 and pure.suffixes[-1] in (
+    # "archive.tar.gz" -> "archive.1.tar.gz": the counter goes before a compound suffix,
+    # but only a real one: "backup.2024-01-01.gz" -> "backup.2024-01-01.1.gz".
+    compound = pure.suffixes[-2:] if len(pure.suffixes) > 1 else []
+    suffixes = "".join(compound) if compound and compound[0].lower() == ".tar" and compound[1].lower() in (
         ".gz", ".bz2", ".xz", ".zst") else pure.suffix
     stem = name[: len(name) - len(suffixes)] if suffixes else name
     for counter in range(1, _MAX_CANDIDATES):

@@ -36,6 +36,10 @@ class NetworkError(UploaderError):
     """The request got no HTTP response (connection, DNS, TLS, timeout)."""
 
 
+class InvalidRequestError(UploaderError):
+    """The request cannot be sent at all: a malformed URL, a header value that is not ASCII."""
+
+
 def build_client(api: ApiSettings, connections: int) -> httpx.AsyncClient:
     """An ``AsyncClient`` for one target: its timeout, TLS settings and a pool sized to
     its concurrency (plus room for the login and poll requests)."""
@@ -62,10 +66,11 @@ async def send(
     """Send one request; returns the response whatever its status.
 
     With ``stream=True`` the body is not read (the caller streams and closes it).
-    Raises :class:`NetworkError` when no response arrived.
+    Raises :class:`NetworkError` when no response arrived, :class:`InvalidRequestError`
+    when the URL or a header cannot go on the wire.
     """
     started = time.monotonic()
-    request = client.build_request(method, url, **options)
+    request = _build(client, method, url, options)
     try:
         response = await client.send(request, stream=stream)
     except httpx.TimeoutException as error:
@@ -80,6 +85,25 @@ async def send(
         duration_ms=round((time.monotonic() - started) * 1000, 1),
     )
     return response
+
+
+def _build(client: httpx.AsyncClient, method: str, url: str, options: dict[str, Any]) -> httpx.Request:
+    """The request, or :class:`InvalidRequestError` naming what cannot be sent."""
+    try:
+        urlsplit(url).port  # noqa: B018 -- raises ValueError for a bad IPv6 host or port
+    except ValueError:
+        raise InvalidRequestError(f"{method} {_cut(url)!r} is not a valid URL") from None
+    headers = options.get("headers") or {}
+    for name, value in headers.items():
+        if isinstance(value, str) and not value.isascii():
+            raise InvalidRequestError(
+                f"{method} {safe_url(url)}: the {name} header value is not ASCII text, which HTTP "
+                "headers cannot carry; remove the non-ASCII value from the header template"
+            )
+    try:
+        return client.build_request(method, url, **options)
+    except (httpx.InvalidURL, UnicodeEncodeError) as error:
+        raise InvalidRequestError(f"{method} {_cut(url)!r} cannot be sent: {error}") from None
 
 
 def check_status(
@@ -144,16 +168,28 @@ def retry_after(response: httpx.Response) -> float | None:
 
 def safe_url(url: str) -> str:
     """``url`` without query string or user info: presigned URLs carry signatures."""
-    parts = urlsplit(url)
-    netloc = parts.hostname or ""
-    if parts.port:
-        netloc += f":{parts.port}"
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return _cut(url)
+    netloc = _bracketed(parts.hostname or "")
+    if port:
+        netloc += f":{port}"
     return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
 def same_origin(url: str, origin: tuple[str, str, int | None]) -> bool:
-    parts = urlsplit(url)
-    return (parts.scheme, parts.hostname or "", parts.port) == origin
+    """Whether ``url`` has the ``(scheme, host, port)`` origin; a default port equals none."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return False
+    scheme, host, origin_port = origin
+    return (parts.scheme, parts.hostname or "", _effective_port(parts.scheme, port)) == (
+        scheme, host.lower(), _effective_port(scheme, origin_port)
+    )
 
 
 def join_url(base_url: str, path: str, query: Mapping[str, object] | None = None) -> str:
@@ -163,8 +199,27 @@ def join_url(base_url: str, path: str, query: Mapping[str, object] | None = None
 
 
 def _host(url: str) -> str:
-    parts = urlsplit(url)
-    return f"{parts.hostname}:{parts.port}" if parts.port else str(parts.hostname)
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return _cut(url)
+    host = _bracketed(parts.hostname or "")
+    return f"{host}:{port}" if port else host
+
+
+def _bracketed(host: str) -> str:
+    """An IPv6 literal in brackets, as it is written in a URL."""
+    return f"[{host}]" if ":" in host else host
+
+
+def _effective_port(scheme: str, port: int | None) -> int | None:
+    return port if port is not None else {"http": 80, "https": 443}.get(scheme)
+
+
+def _cut(url: str) -> str:
+    """The start of a URL that cannot be parsed, without its query (signatures)."""
+    return url.split("?", 1)[0][:80]
 
 
 def _reason(error: httpx.HTTPError) -> str:

@@ -103,20 +103,16 @@ class Journal:
         """Open (creating if needed) the journal at ``path``; raises :class:`StateDirError`."""
         try:
             connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-            connection.row_factory = sqlite3.Row
-            connection.execute("PRAGMA journal_mode=WAL")
-            connection.execute("PRAGMA synchronous=NORMAL")
-            connection.execute("PRAGMA busy_timeout=5000")
-            version = connection.execute("PRAGMA user_version").fetchone()[0]
-            if version > _SCHEMA_VERSION:
-                raise StateDirError(
-                    f"the journal {path} was written by a newer uploader-daemon; upgrade it"
-                )
-            if version < _SCHEMA_VERSION:
-                connection.executescript(_SCHEMA)
-                connection.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
         except sqlite3.DatabaseError as error:
             raise StateDirError(f"cannot open the journal {path}: {error}") from None
+        try:
+            _prepare(connection, path)
+        except BaseException as error:
+            # A refused journal must not leave its file open (and locked) behind.
+            connection.close()
+            if isinstance(error, sqlite3.DatabaseError):
+                raise StateDirError(f"cannot open the journal {path}: {error}") from None
+            raise
         return cls(connection)
 
     def close(self) -> None:
@@ -151,9 +147,12 @@ class Journal:
                 if active["state"] != "pending":
                     return None
                 if (active["size"], active["mtime_ns"]) != (size, mtime_ns):
-                    # Rewritten while waiting: the upload must send the new content.
+                    # Rewritten while waiting: the upload must send the new content, so a
+                    # checkpoint of an earlier attempt (a document created for the old
+                    # size, a poll of the old upload) no longer applies.
                     db.execute(
-                        "UPDATE files SET size=?, mtime_ns=?, updated_at=? WHERE id=?",
+                        "UPDATE files SET size=?, mtime_ns=?, next_step=0, step_in_flight=NULL, "
+                        "outputs='{}', updated_at=? WHERE id=?",
                         (size, mtime_ns, now, active["id"]),
                     )
                 row_id = active["id"]
@@ -256,7 +255,8 @@ class Journal:
     def interrupted(self, record_id: int, now: float) -> None:
         """A delivery was cut off (shutdown): back to pending, checkpoint kept."""
         self._db.execute(
-            "UPDATE files SET state='pending', updated_at=? WHERE id=? AND state='uploading'", (now, record_id)
+            "UPDATE files SET state='pending', updated_at=? WHERE id=? AND state='uploading'",
+            (now, record_id),
         )
 
     def delivered(self, record_id: int, now: float) -> None:
@@ -318,6 +318,20 @@ class Journal:
             f"UPDATE files SET {assignments}, updated_at=? WHERE id=?",  # noqa: S608 -- names are ours
             (*columns.values(), now, record_id),
         )
+
+
+def _prepare(connection: sqlite3.Connection, path: Path) -> None:
+    """Set the pragmas and create (or check) the schema; raises on a foreign or newer file."""
+    connection.row_factory = sqlite3.Row
+    connection.execute("PRAGMA journal_mode=WAL")
+    connection.execute("PRAGMA synchronous=NORMAL")
+    connection.execute("PRAGMA busy_timeout=5000")
+    version = connection.execute("PRAGMA user_version").fetchone()[0]
+    if version > _SCHEMA_VERSION:
+        raise StateDirError(f"the journal {path} was written by a newer uploader-daemon; upgrade it")
+    if version < _SCHEMA_VERSION:
+        connection.executescript(_SCHEMA)
+        connection.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
 
 
 def _record(row: sqlite3.Row) -> FileRecord:

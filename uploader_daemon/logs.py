@@ -8,6 +8,7 @@ passes the :class:`Redactor`. Configured once by the CLI, never at import time.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import sys
 from collections.abc import Iterable, MutableMapping
@@ -22,10 +23,12 @@ REDACTED = "[REDACTED]"
 _SENSITIVE_KEY = re.compile(
     r"^(password|passwd|secret|token|access_token|refresh_token|id_token|authorization|"
     r"proxy_authorization|cookie|set_cookie|api_key|app_key|user_token|client_secret|"
-    r"x_amz_signature|signature|policy|credentials?)$|(_password|_secret|_token)$"
+    r"x_amz_signature|signature|policy|credentials?)$|(_password|_secret|_token|_api_?key|_apikey)$"
 )
 # Credentials that can show up inside free text (an exception message, a body excerpt).
-_BEARER = re.compile(r"(?i)\b(bearer|basic|tok:)\s*[A-Za-z0-9._~+/=-]{6,}")
+# The token characters are RFC 6750's b64token (base64url included: "-" and "_"). The
+# scheme needs a space after it, so identifiers such as bearer_token_missing survive.
+_BEARER = re.compile(r"(?i)\b(?:(bearer|basic)\s+|(tok:)\s*)[A-Za-z0-9._~+/=_-]{6,}")
 _JWT = re.compile(r"\beyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*")
 _MIN_SECRET_LENGTH = 4
 
@@ -68,7 +71,7 @@ class Redactor:
                 text = text.replace(secret, REDACTED)
         if "eyJ" in text:
             text = _JWT.sub(REDACTED, text)
-        return _BEARER.sub(lambda match: f"{match.group(1)} {REDACTED}", text)
+        return _BEARER.sub(lambda match: f"{match.group(1) or match.group(2)} {REDACTED}", text)
 
     def _clean(self, key: object, value: Any) -> Any:
         if isinstance(key, str) and _SENSITIVE_KEY.search(key.lower().replace("-", "_")):
@@ -81,7 +84,13 @@ class Redactor:
             return [self._clean(None, item) for item in value]
         if isinstance(value, bytes | bytearray):
             return self.scrub(bytes(value).decode("utf-8", "replace"))
-        return value
+        if value is None or isinstance(value, bool | int | float):
+            return value
+        if isinstance(value, os.PathLike):
+            return self.scrub(os.fsdecode(value))
+        # Anything else (an exception passed as error=..., an object) is rendered as its
+        # repr by every renderer: render it here, so the secrets in it are cut too.
+        return self.scrub(repr(value))
 
 
 def configure_logging(
@@ -97,7 +106,9 @@ def configure_logging(
     output = stream if stream is not None else sys.stdout
     use_console = log_format == "console" or (log_format == "auto" and output.isatty())
     renderer: Processor = (
-        structlog.dev.ConsoleRenderer(colors=output.isatty(), exception_formatter=structlog.dev.plain_traceback)
+        structlog.dev.ConsoleRenderer(
+            colors=output.isatty(), exception_formatter=structlog.dev.plain_traceback
+        )
         if use_console
         else structlog.processors.JSONRenderer()
     )

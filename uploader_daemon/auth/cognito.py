@@ -58,7 +58,8 @@ class CognitoProvider:
         sent_at = self._clock.now()
         parameters = {"REFRESH_TOKEN": grant.refresh_token}
         if self._settings.client_secret is not None:
-            parameters["SECRET_HASH"] = self._secret_hash(_username_claim(grant.token) or self._settings.username)
+            username = _username_claim(grant.token) or self._settings.username
+            parameters["SECRET_HASH"] = self._secret_hash(username)
 
         def refresh() -> dict[str, Any]:
             answer: dict[str, Any] = self._client.initiate_auth(
@@ -96,7 +97,8 @@ class CognitoProvider:
             status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
             message = error.response.get("Error", {}).get("Message", "")
             raise TokenRequestError(
-                f"Cognito answered {code}: {message}".rstrip(": "), status=status, rejected=code in _REJECTIONS
+                f"Cognito answered {code}: {message}".rstrip(": "),
+                status=status, rejected=code in _REJECTIONS,
             ) from None
         except ForceChangePasswordException:
             raise TokenRequestError(
@@ -141,6 +143,11 @@ class CognitoProvider:
 
 def _username_claim(token: str) -> str | None:
     # Cognito computes a refresh's SECRET_HASH over the user's internal name, which the
-    # access token carries; the configured name may be an alias such as an email.
-    value = jwt_claims(token).get("username")
-    return value if isinstance(value, str) else None
+    # access token carries as "username" and the ID token as "cognito:username"; the
+    # configured name may be an alias such as an email.
+    claims = jwt_claims(token)
+    for claim in ("username", "cognito:username"):
+        value = claims.get(claim)
+        if isinstance(value, str) and value:
+            return value
+    return None

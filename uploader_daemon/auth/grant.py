@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 from dataclasses import dataclass
 
 
@@ -41,7 +42,7 @@ class TokenRequestError(Exception):
 def expiry_for(token: str, sent_at: float, expires_in: object, default_lifetime: float) -> float:
     """Absolute expiry: ``expires_in`` seconds, else the JWT ``exp`` claim, else the default.
 
-    Raises ``ValueError`` when ``expires_in`` is present but not a positive number.
+    Raises ``ValueError`` when ``expires_in`` is present but not a positive, finite number.
     """
     if expires_in is not None:
         if isinstance(expires_in, bool) or not isinstance(expires_in, int | float | str):
@@ -50,8 +51,9 @@ def expiry_for(token: str, sent_at: float, expires_in: object, default_lifetime:
             seconds = float(expires_in)
         except ValueError:
             raise ValueError(f"expires_in must be a number of seconds, not {expires_in!r}") from None
-        if seconds <= 0:
-            raise ValueError(f"expires_in must be positive, not {expires_in!r}")
+        # NaN would make every check "expired" (a login per request), infinity never.
+        if not math.isfinite(seconds) or seconds <= 0:
+            raise ValueError(f"expires_in must be a positive number of seconds, not {expires_in!r}")
         return sent_at + seconds
     exp = jwt_expiry(token)
     if exp is not None:
@@ -66,7 +68,7 @@ def jwt_expiry(token: str) -> float | None:
     the API still checks the token on every request.
     """
     exp = jwt_claims(token).get("exp")
-    if isinstance(exp, int | float) and not isinstance(exp, bool):
+    if isinstance(exp, int | float) and not isinstance(exp, bool) and math.isfinite(exp):
         return float(exp)
     return None
 

@@ -7,6 +7,8 @@ endpoint called with the current token in the configured header.
 
 from __future__ import annotations
 
+import json
+import re
 from typing import Any
 
 import httpx
@@ -15,7 +17,12 @@ from uploader_daemon.auth.grant import TokenGrant, TokenRequestError, expiry_for
 from uploader_daemon.clock import Clock
 from uploader_daemon.config.auth import TokenAuth
 from uploader_daemon.delivery.templating import MissingValueError, dig
-from uploader_daemon.http import NetworkError, excerpt, join_url, send
+from uploader_daemon.errors import UploaderError
+from uploader_daemon.http import excerpt, join_url, send
+from uploader_daemon.logs import REDACTED
+
+# Visible ASCII only: what a token must be to travel in a header.
+_HEADER_SAFE = re.compile(r"[\x21-\x7e]+")
 
 
 class HttpTokenProvider:
@@ -56,12 +63,13 @@ class HttpTokenProvider:
         sent_at = self._clock.now()
         try:
             response = await send(self._client, method, join_url(self._base_url, path), **options)
-        except NetworkError as error:
+        except UploaderError as error:  # no answer, or a request HTTP cannot carry
             raise TokenRequestError(f"{what} request failed: {error}") from None
         status = response.status_code
         if not 200 <= status < 300:
+            body = self._excerpt(response, 200)
             raise TokenRequestError(
-                f"{what} answered {status} {response.reason_phrase}: {excerpt(response, 200)}".rstrip(": "),
+                f"{what} answered {status} {response.reason_phrase}: {body}".rstrip(": "),
                 status=status,
                 rejected=status in (400, 401, 403),
             )
@@ -69,7 +77,8 @@ class HttpTokenProvider:
             data = response.json()
         except ValueError:
             raise TokenRequestError(
-                f"{what} answered {status} but the body is not JSON: {excerpt(response, 100)}", status=status
+                f"{what} answered {status} but the body is not JSON: {self._excerpt(response, 100)}",
+                status=status,
             ) from None
         try:
             token = dig(data, token_field)
@@ -77,14 +86,30 @@ class HttpTokenProvider:
             raise TokenRequestError(
                 f"{what} answered {status} without a token at {token_field!r}", status=status
             ) from None
-        if not isinstance(token, str) or not token:
-            raise TokenRequestError(f"{what} answered {status} but {token_field!r} is not a token", status=status)
+        if not isinstance(token, str) or not _HEADER_SAFE.fullmatch(token):
+            # Non-ASCII or control characters would break (or inject into) every request.
+            raise TokenRequestError(
+                f"{what} answered {status} but {token_field!r} is not a token", status=status
+            )
         expires_in = _optional(data, expires_in_field)
         try:
             expires_at = expiry_for(token, sent_at, expires_in, self._settings.default_lifetime)
         except ValueError as error:
             raise TokenRequestError(f"{what} answered {status} but {error}", status=status) from None
         return TokenGrant(token=token, expires_at=expires_at, obtained_at=sent_at)
+
+    def _excerpt(self, response: httpx.Response, limit: int) -> str:
+        """The start of the body for an error message, without the password.
+
+        Some frameworks quote the request body in their errors (FastAPI's 422 ``input``),
+        and the message reaches logs and exceptions that may not pass the redactor.
+        """
+        password = self._settings.login.password.value
+        # Scrub before shortening, so a password cut at the end cannot survive in part.
+        text = excerpt(response, limit + 4 * len(password))
+        for form in {password, json.dumps(password)[1:-1]} - {""}:
+            text = text.replace(form, REDACTED)
+        return text[:limit] + ("..." if len(text) > limit else "")
 
 
 def _optional(data: object, path: str | None) -> object:

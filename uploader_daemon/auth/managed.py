@@ -18,6 +18,7 @@ Rules, whatever the provider:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 from collections.abc import Callable
 from typing import Protocol
@@ -175,10 +176,9 @@ class ManagedTokenCredential:
         self._accept(new_grant, event="token_refreshed")
 
     async def _login_quietly(self, reason: str) -> None:
-        try:
+        # A failure is already logged; uploads will try again after the backoff.
+        with contextlib.suppress(LoginFailedError):
             await self._login(reason=reason)
-        except LoginFailedError:
-            pass  # already logged; uploads will try again after the backoff
 
     async def _login(self, reason: str) -> TokenGrant:
         now = self._clock.now()
@@ -188,7 +188,7 @@ class ManagedTokenCredential:
             )
         self._log.info("login_started", reason=reason)
         try:
-            grant = await self._provider.login()
+            grant = self._fresh(await self._provider.login())
         except TokenRequestError as error:
             self._login_failures += 1
             delay = backoff_delay(self._login_failures, self._retry.backoff, self._retry.max_backoff)
@@ -202,6 +202,19 @@ class ManagedTokenCredential:
         self._login_failures = 0
         self._login_retry_at = 0.0
         self._accept(grant, event="logged_in")
+        return grant
+
+    def _fresh(self, grant: TokenGrant) -> TokenGrant:
+        """``grant`` if it can still be used; raises :class:`TokenRequestError` if not."""
+        # A token that is expired on arrival (a JWT ``exp`` behind this host's clock) must
+        # not be handed out, and logging in again at once would hammer the API: it counts
+        # as a failed login, so the backoff applies.
+        if not self._usable(grant):
+            self._redactor.add(grant.token)
+            raise TokenRequestError(
+                f"the login answered with a token that expired at {_iso(grant.expires_at)}, before it "
+                "could be used; check that this host's clock and the API's agree"
+            )
         return grant
 
     def _accept(self, grant: TokenGrant, event: str) -> None:

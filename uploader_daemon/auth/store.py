@@ -37,12 +37,16 @@ class TokenStore:
             return None
         if not isinstance(data, dict) or data.get("identity") != self._identity:
             return None
+        token, refresh_token = data.get("token"), data.get("refresh_token")
+        # A damaged file must mean "log in again", never a bogus token such as "None".
+        if not isinstance(token, str) or not token or not isinstance(refresh_token, str | None):
+            return None
         try:
             return TokenGrant(
-                token=str(data["token"]),
+                token=token,
                 expires_at=float(data["expires_at"]),
                 obtained_at=float(data["obtained_at"]),
-                refresh_token=data.get("refresh_token"),
+                refresh_token=refresh_token,
             )
         except (KeyError, TypeError, ValueError):
             return None
@@ -58,7 +62,11 @@ class TokenStore:
         }
         temporary = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
         try:
-            descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            # A temporary file left by a crashed process with the same pid would keep its
+            # old mode through O_TRUNC: start from a fresh file, created 0600.
+            with contextlib.suppress(FileNotFoundError):
+                temporary.unlink()
+            descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
                 json.dump(record, handle)
                 handle.flush()

@@ -19,7 +19,9 @@ from uploader_daemon.config.types import (
 class RenewalSettings(Model):
     """When a held token is renewed: only near expiry, and only while the API is in use."""
 
-    check_every: PositiveDuration = Field(default=1800.0, description="How often the scheduler checks the token.")
+    check_every: PositiveDuration = Field(
+        default=1800.0, description="How often the scheduler checks the token."
+    )
     before_expiry: Duration = Field(default=300.0, description="Renew when less than this is left.")
     active_within: PositiveDuration = Field(
         default=1800.0, description="...and only if an upload happened this recently or files are waiting."

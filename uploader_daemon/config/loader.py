@@ -12,13 +12,14 @@ import difflib
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin
+from typing import Annotated, Any, Literal, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
 from uploader_daemon.config.schema import Config
+from uploader_daemon.config.types import absolute_path
 from uploader_daemon.errors import ConfigError
 
 DEFAULT_CONFIG_PATH = Path("/etc/uploader-daemon/config.yaml")
@@ -43,14 +44,19 @@ def load_config(
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ConfigError(source, ["the config file does not exist; create it (see config/example.yaml) or pass --config"]) from None
+        raise ConfigError(
+            source, ["the config file does not exist; create it (see config/example.yaml) or pass --config"]
+        ) from None
     except PermissionError:
-        raise ConfigError(source, ["the config file is not readable by this user (permission denied)"]) from None
+        raise ConfigError(
+            source, ["the config file is not readable by this user (permission denied)"]
+        ) from None
     except IsADirectoryError:
         raise ConfigError(source, ["this is a directory; --config needs the YAML file"]) from None
     except UnicodeDecodeError:
         raise ConfigError(source, ["the config file is not UTF-8 text"]) from None
-    return parse_config(text, source, os.environ if environ is None else environ, resolve_secrets=resolve_secrets)
+    environment = os.environ if environ is None else environ
+    return parse_config(text, source, environment, resolve_secrets=resolve_secrets)
 
 
 def parse_config(
@@ -58,15 +64,17 @@ def parse_config(
 ) -> Config:
     """Validate YAML ``text``; ``source`` names it in error messages."""
     data = _load_yaml(text, source)
+    # Checked on the raw data, so a missing folder is reported with every other problem.
+    folder_problems = _check_folders(data)
     try:
-        config = Config.model_validate(data, context={"environ": environ, "skip_secrets": not resolve_secrets})
+        context = {"environ": environ, "skip_secrets": not resolve_secrets}
+        config = Config.model_validate(data, context=context)
     except ValidationError as error:
         details = _without_consequences(error.errors(include_url=False))
-        problems = [_describe(detail, data) for detail in details]
-        raise ConfigError(source, _unique(problems)) from None
-    problems = _check_folders(config)
-    if problems:
-        raise ConfigError(source, problems)
+        problems = [_describe(detail, data) for detail in details] + folder_problems
+        raise ConfigError(source, _without_secrets(_unique(problems), data)) from None
+    if folder_problems:
+        raise ConfigError(source, folder_problems)
     return config
 
 
@@ -83,7 +91,8 @@ def _mapping_without_duplicates(loader: _StrictLoader, node: yaml.MappingNode) -
             line = key_node.start_mark.line + 1
             first = seen[key].start_mark.line + 1
             raise yaml.constructor.ConstructorError(
-                None, None, f"key {key!r} appears twice (lines {first} and {line}); keep one", key_node.start_mark
+                None, None, f"key {key!r} appears twice (lines {first} and {line}); keep one",
+                key_node.start_mark,
             )
         seen[key] = key_node
     return loader.construct_mapping(node, deep=True)
@@ -106,7 +115,9 @@ def _load_yaml(text: str, source: str) -> dict[str, Any]:
         raise ConfigError(source, ["the config file is empty; start from config/example.yaml"])
     if not isinstance(data, dict):
         kind = type(data).__name__
-        raise ConfigError(source, [f"the top level must be a mapping of keys (state_dir, targets, ...), not a {kind}"])
+        raise ConfigError(
+            source, [f"the top level must be a mapping of keys (state_dir, targets, ...), not a {kind}"]
+        )
     return data
 
 
@@ -122,7 +133,12 @@ def _without_consequences(details: list[ErrorDetails]) -> list[ErrorDetails]:
 
 
 def _describe(detail: ErrorDetails, data: object) -> str:
-    path, node, parent = _key_path(detail["loc"], data)
+    loc = detail["loc"]
+    if len(loc) >= 2 and loc[-1] == "[key]":
+        # The mapping key itself is wrong (``5:`` where text is needed), not its value.
+        path, mapping, _ = _key_path(loc[:-2], data)
+        return f"{path or '(top level)'}: key {loc[-2]!r} {_sentence(detail, loc[-2], mapping)}"
+    path, node, parent = _key_path(loc, data)
     return f"{path or '(top level)'}: {_sentence(detail, node, parent)}"
 
 
@@ -130,16 +146,20 @@ def _key_path(loc: Sequence[int | str], data: object) -> tuple[str, object, obje
     """Render a pydantic location as ``targets[0].auth.login``, without union tags.
 
     Returns the path, the input value at that location (or ``None`` when missing) and
-    the mapping that holds it.
+    the mapping that holds it. The schema is walked alongside, so a union tag is told
+    apart from a key of the same name (``type: headers`` has a ``headers`` key).
     """
     path = ""
     node: object = data
     parent: object = None
+    annotation: Any = Config
     for element in loc:
-        if isinstance(node, Mapping) and element not in node and element in (node.get("type"), node.get("kind")):
-            continue  # the tag pydantic adds for discriminated unions is not a key
         if element == "[key]":
             continue
+        if isinstance(element, str) and _tagged_model(annotation, element) is not None:
+            annotation = _tagged_model(annotation, element)
+            continue  # the tag pydantic adds for discriminated unions is not a key
+        annotation = _child_annotation(annotation, element)
         if isinstance(element, int):
             path += f"[{element}]"
         else:
@@ -165,7 +185,8 @@ def _sentence(detail: ErrorDetails, node: object, parent: object) -> str:
     if kind == "value_error":
         return str(context.get("error", detail["msg"]))
     if kind == "union_tag_invalid":
-        return f"unknown {context.get('discriminator', 'type').strip(chr(39))} {context.get('tag')!r}; use one of: {context.get('expected_tags')}"
+        tag = context.get("discriminator", "type").strip("'")
+        return f"unknown {tag} {context.get('tag')!r}; use one of: {context.get('expected_tags')}"
     if kind == "union_tag_not_found":
         return f"needs a {context.get('discriminator', 'type').strip(chr(39))} key"
     if kind in ("literal_error",):
@@ -211,16 +232,34 @@ def _model_for(loc: Sequence[int | str], parent: object) -> type[BaseModel] | No
     """The config model at ``loc``, found by walking the schema (union tags included)."""
     annotation: Any = Config
     for element in loc:
-        models = _models_in(annotation)
-        if isinstance(element, int):
-            annotation = next((arg for arg in get_args(annotation) if arg is not Ellipsis), None)
-        elif len(models) == 1:
-            fields = {field.alias or name: field for name, field in models[0].model_fields.items()}
-            annotation = fields[element].annotation if element in fields else None
-        else:
-            annotation = next((model for model in models if _tag_of(model) == element), None)
+        tagged = _tagged_model(annotation, element) if isinstance(element, str) else None
+        annotation = tagged if tagged is not None else _child_annotation(annotation, element)
     models = _models_in(annotation)
     return models[0] if len(models) == 1 else None
+
+
+def _tagged_model(annotation: Any, tag: str) -> type[BaseModel] | None:
+    """The member of a discriminated union whose ``type``/``kind`` is ``tag``, if any."""
+    models = _models_in(annotation)
+    if len(models) < 2:
+        return None
+    return next((model for model in models if _tag_of(model) == tag), None)
+
+
+def _child_annotation(annotation: Any, element: int | str) -> Any:
+    """The annotation one level down: a list's item, a mapping's value, a model's field."""
+    if get_origin(annotation) is Annotated:
+        return _child_annotation(get_args(annotation)[0], element)
+    container = next((arg for arg in (annotation, *get_args(annotation))
+                      if get_origin(arg) in (tuple, list, dict)), None)
+    if container is not None:
+        items = [arg for arg in get_args(container) if arg is not Ellipsis]
+        return items[-1] if items else None  # tuple[X, ...], list[X], dict[str, X]: X
+    models = _models_in(annotation)
+    if isinstance(element, str) and len(models) == 1:
+        fields = {field.alias or name: field for name, field in models[0].model_fields.items()}
+        return fields[element].annotation if element in fields else None
+    return None
 
 
 def _models_in(annotation: Any) -> list[type[BaseModel]]:
@@ -239,27 +278,84 @@ def _tag_of(model: type[BaseModel]) -> str | None:
 
 
 def _kind_of(value: object) -> str:
+    """Name what was written without echoing text, which could be a misplaced secret."""
     if value is None:
         return "nothing"
     if isinstance(value, dict):
         return "a mapping"
     if isinstance(value, list):
         return "a list"
+    if isinstance(value, str):
+        return "text"
     return f"{value!r}"
 
 
-def _check_folders(config: Config) -> list[str]:
-    """Problems with the folders on this machine, each with its key path."""
+def _check_folders(data: Mapping[str, Any]) -> list[str]:
+    """Problems with the drop folders on this machine, each with its key path.
+
+    Works on the raw YAML so these are listed even when other keys are wrong; a
+    folder that is not an absolute path is left to the schema to report.
+    """
+    targets = data.get("targets")
+    if not isinstance(targets, list):
+        return []
     problems = []
-    for index, target in enumerate(config.targets):
+    for index, target in enumerate(targets):
+        raw = target.get("folder") if isinstance(target, Mapping) else None
+        try:
+            folder = absolute_path(raw)
+        except ValueError:
+            continue
         key = f"targets[{index}].folder"
-        if not target.folder.exists():
-            problems.append(f"{key}: {target.folder} does not exist; create it or fix the path")
-        elif not target.folder.is_dir():
-            problems.append(f"{key}: {target.folder} is not a directory")
-        elif not os.access(target.folder, os.R_OK | os.X_OK):
-            problems.append(f"{key}: {target.folder} is not readable by this user")
+        if not folder.exists():
+            problems.append(f"{key}: {folder} does not exist; create it or fix the path")
+        elif not folder.is_dir():
+            problems.append(f"{key}: {folder} is not a directory")
+        elif not os.access(folder, os.R_OK | os.X_OK):
+            problems.append(f"{key}: {folder} is not readable by this user")
     return problems
+
+
+def _without_secrets(problems: list[str], data: object) -> list[str]:
+    """Cut literal secrets out of the messages, in case one was written in the wrong place."""
+    secrets = sorted(_literal_secrets(data), key=len, reverse=True)
+    cleaned = []
+    for problem in problems:
+        for secret in secrets:
+            problem = problem.replace(secret, "[secret]")
+        cleaned.append(problem)
+    return cleaned
+
+
+def _literal_secrets(node: object) -> set[str]:
+    """Text written where a secret goes: passwords, client secrets, static header values.
+
+    A ``{env: ...}``/``{file: ...}`` mapping there names a source, not a secret.
+    """
+    found: set[str] = set()
+    if isinstance(node, Mapping):
+        for key, value in node.items():
+            if key in _SECRET_KEYS:
+                found |= _written_secret(value)
+            elif key == "headers" and node.get("type") == "headers":
+                values = value.values() if isinstance(value, Mapping) else [value]
+                for item in values:
+                    found |= _written_secret(item)
+            else:
+                found |= _literal_secrets(value)
+    elif isinstance(node, list):
+        for item in node:
+            found |= _literal_secrets(item)
+    return found
+
+
+def _written_secret(value: object) -> set[str]:
+    if isinstance(value, str | int | float) and not isinstance(value, bool) and len(str(value)) >= 4:
+        return {str(value)}
+    return set()
+
+
+_SECRET_KEYS = ("password", "client_secret")
 
 
 def _unique(problems: list[str]) -> list[str]:

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from uploader_daemon.config.auth import AuthSettings
 from uploader_daemon.config.types import AbsolutePath, Duration, HttpUrl, Model, PositiveDuration
@@ -92,13 +92,14 @@ class TargetSettings(Model):
     @model_validator(mode="after")
     def _credential_stays_home(self) -> TargetSettings:
         for step in self.steps:
-            if isinstance(step, ApiStep) and step.credential and step.url and "{" not in step.url:
-                parts = urlsplit(step.url)
-                if (parts.scheme, parts.hostname or "", parts.port) != self.api.origin:
-                    raise ValueError(
-                        f"step {step.name!r} sends the credential to {step.url}, which is not "
-                        "api.base_url's host; set credential: false or use path"
-                    )
+            fixed_url = step.url if isinstance(step, ApiStep) and step.credential else None
+            if fixed_url and "{" not in fixed_url and (
+                _with_default_port(fixed_url) != _with_default_port(self.api.base_url)
+            ):
+                raise ValueError(
+                    f"step {step.name!r} sends the credential to {fixed_url}, which is not "
+                    "api.base_url's host; set credential: false or use path"
+                )
         return self
 
     @property
@@ -127,29 +128,45 @@ class JournalSettings(Model):
 class Config(Model):
     state_dir: AbsolutePath = Field(description="Journal and token store; created with mode 0700.")
     log: LogSettings = LogSettings()
-    shutdown_grace: Duration = Field(default=10.0, description="How long in-flight uploads may finish on stop.")
+    shutdown_grace: Duration = Field(
+        default=10.0, description="How long in-flight uploads may finish on stop."
+    )
     journal: JournalSettings = JournalSettings()
     targets: tuple[TargetSettings, ...] = Field(min_length=1)
 
-    @model_validator(mode="after")
-    def _targets_distinct(self) -> Config:
-        names = [target.name for target in self.targets]
+    @field_validator("targets")
+    @classmethod
+    def _targets_distinct(cls, targets: tuple[TargetSettings, ...]) -> tuple[TargetSettings, ...]:
+        # A field validator, so the problem is reported at the key path ``targets``.
+        names = [target.name for target in targets]
         for name in sorted({n for n in names if names.count(n) > 1}):
             raise ValueError(f"target name {name!r} is used more than once; names must be unique")
-        for index, target in enumerate(self.targets):
-            for other in self.targets[:index]:
+        for index, target in enumerate(targets):
+            for other in targets[:index]:
                 if _overlap(target, other) or _overlap(other, target):
                     raise ValueError(
                         f"targets {other.name!r} and {target.name!r} both watch {target.folder}; "
                         "a file must belong to exactly one target"
                     )
-        return self
+        return targets
 
     def target(self, name: str) -> TargetSettings:
         for target in self.targets:
             if target.name == name:
                 return target
         raise KeyError(name)
+
+
+def _with_default_port(url: str) -> tuple[str, str, int | None]:
+    """``(scheme, host, port)`` with the scheme's default port filled in (:443 is no other host)."""
+    parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        port = -1  # an invalid port is never the API's
+    if port is None:
+        port = {"http": 80, "https": 443}.get(parts.scheme)
+    return parts.scheme, parts.hostname or "", port
 
 
 def _overlap(outer: TargetSettings, inner: TargetSettings) -> bool:

@@ -6,6 +6,7 @@ key path, so ``targets[0].settle: '2 sec' is not a duration; ...`` comes out who
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from pathlib import Path
@@ -45,6 +46,9 @@ def parse_duration(value: object) -> float:
             raise ValueError(f"{value!r} is not a duration; {_DURATION_HINT}")
     else:
         raise ValueError(f"{value!r} is not a duration; {_DURATION_HINT}")
+    if not math.isfinite(seconds):
+        # YAML reads .nan and .inf as numbers; neither is a time anyone can wait.
+        raise ValueError(f"{value!r} is not a duration; {_DURATION_HINT}")
     if seconds < 0:
         raise ValueError(f"{value!r} is negative; durations must be zero or more")
     return seconds
@@ -56,7 +60,8 @@ def _positive(seconds: float) -> float:
     return seconds
 
 
-def _absolute_path(value: object) -> Path:
+def absolute_path(value: object) -> Path:
+    """``value`` as an absolute path (``~`` expanded); ``ValueError`` when it is not one."""
     if not isinstance(value, str | Path) or not str(value):
         raise ValueError("must be a path")
     path = Path(os.path.expanduser(str(value)))
@@ -91,6 +96,6 @@ def _secret(value: object, info: ValidationInfo) -> Secret:
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 PositiveDuration = Annotated[float, BeforeValidator(parse_duration), AfterValidator(_positive)]
-AbsolutePath = Annotated[Path, PlainValidator(_absolute_path)]
+AbsolutePath = Annotated[Path, PlainValidator(absolute_path)]
 HttpUrl = Annotated[str, PlainValidator(_http_url)]
 SecretValue = Annotated[Secret, PlainValidator(_secret)]

@@ -235,7 +235,9 @@ def _check_reference(ref: str, known: dict[str, tuple[str, ...]], where: str) ->
     head, _, rest = ref.partition(".")
     if head not in known:
         available = ", ".join(sorted(known))
-        raise ValueError(f"{where}: {{{ref}}} refers to {head!r}, which is not defined here; use one of: {available}")
+        raise ValueError(
+            f"{where}: {{{ref}}} refers to {head!r}, which is not defined here; use one of: {available}"
+        )
     if not rest:
         if head in ("file", "target"):
             raise ValueError(f"{where}: {{{ref}}} needs a field, e.g. {{{head}.name}}")
@@ -243,7 +245,9 @@ def _check_reference(ref: str, known: dict[str, tuple[str, ...]], where: str) ->
     field = rest.split(".", 1)[0]
     if field not in known[head]:
         offered = ", ".join(known[head]) or "nothing (add a save: mapping to that step)"
-        raise ValueError(f"{where}: {{{ref}}} refers to {field!r}, which {head!r} does not provide; it provides: {offered}")
+        raise ValueError(
+            f"{where}: {{{ref}}} refers to {field!r}, which {head!r} does not provide; it provides: {offered}"
+        )
 
 
 # --- presets -------------------------------------------------------------------------
@@ -252,7 +256,9 @@ def _check_reference(ref: str, known: dict[str, tuple[str, ...]], where: str) ->
 class StorageSettings(Model):
     """Where the presigned POST goes and what it adds to the returned fields."""
 
-    url: HttpUrl | None = Field(default=None, description="Fixed storage endpoint; else taken from the response.")
+    url: HttpUrl | None = Field(
+        default=None, description="Fixed storage endpoint; else taken from the response."
+    )
     url_field: str = Field(default="url", description="Dotted path of the storage URL in the response.")
     fields_field: str = Field(default="fields", description="Dotted path of the presigned fields.")
     extra_fields: dict[str, str] = {}
@@ -277,7 +283,9 @@ class MultipartUpload(Model):
     path: str = "/api/envio"
     method: Literal["POST", "PUT"] = "POST"
     file_field: str = "file"
-    fields: dict[str, ScalarValue] = Field(default={}, description="Extra form fields; may use {file.*} values.")
+    fields: dict[str, ScalarValue] = Field(
+        default={}, description="Extra form fields; may use {file.*} values."
+    )
 
     @model_validator(mode="after")
     def _templates(self) -> MultipartUpload:

@@ -31,6 +31,9 @@ MAX_GRANT_RESTARTS = 3
 def resume_point(steps: Sequence[Step], next_step: int, step_in_flight: int | None) -> int:
     """The index of the step a delivery continues with (0: start over)."""
     if step_in_flight is not None:
+        # Out of range: the step list changed since the checkpoint; nothing saved fits it.
+        if not 0 <= step_in_flight < len(steps):
+            return 0
         return step_in_flight if step_is_repeatable(steps[step_in_flight]) else 0
     if 0 < next_step < len(steps) and isinstance(steps[next_step], StoragePostStep):
         return 0
@@ -40,7 +43,10 @@ def resume_point(steps: Sequence[Step], next_step: int, step_in_flight: int | No
 def uses_sha256(steps: Sequence[Step]) -> bool:
     """Whether any template needs ``{file.sha256}`` (hashing reads the whole file)."""
     return any(
-        ref.startswith("file.sha256") for step in steps for value in step_templates(step) for ref in references_in(value)
+        ref.startswith("file.sha256")
+        for step in steps
+        for value in step_templates(step)
+        for ref in references_in(value)
     )
 
 
@@ -63,7 +69,8 @@ class Delivery:
         outputs: dict[str, object] = dict(record.outputs) if index > 0 else {}
         bound = log.bind(target=record.target, file=record.path)
         if index == 0 and (record.next_step > 0 or record.step_in_flight is not None):
-            bound.info("delivery_starting_over", reason="an earlier attempt stopped at a step that must not repeat")
+            bound.info("delivery_starting_over",
+                       reason="an earlier attempt stopped at a step that must not repeat")
         elif index > 0:
             bound.info("delivery_resuming", step=self.steps[index].name if index < len(self.steps) else None)
         restarts = 0
@@ -76,10 +83,12 @@ class Delivery:
                 restarts += 1
                 if restarts > MAX_GRANT_RESTARTS:
                     raise TransientDeliveryError(
-                        f"{error.message}; {MAX_GRANT_RESTARTS} fresh grants expired too (is the clock right?)",
+                        f"{error.message}; {MAX_GRANT_RESTARTS} fresh grants expired too "
+                        "(is the clock right?)",
                         step=error.step, status=error.status, body_excerpt=error.body_excerpt,
                     ) from None
-                bound.warning("upload_grant_expired", step=step.name, action="starting over with a fresh grant")
+                bound.warning("upload_grant_expired", step=step.name,
+                              action="starting over with a fresh grant")
                 outputs = {}
                 index = 0
                 self._journal.resume_at(record.id, 0, outputs, self._clock.now())

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import email.message
+import email.utils
 import os
 import uuid
 import xml.etree.ElementTree as ElementTree
@@ -34,7 +35,13 @@ from uploader_daemon.config.upload import (
     StoragePostStep,
 )
 from uploader_daemon.delivery.facts import FileFacts
-from uploader_daemon.delivery.templating import MissingValueError, as_text, dig, render, render_text, render_tree
+from uploader_daemon.delivery.templating import (
+    MissingValueError,
+    as_text,
+    dig,
+    render_text,
+    render_tree,
+)
 from uploader_daemon.errors import (
     BadResponseError,
     PermanentDeliveryError,
@@ -43,12 +50,24 @@ from uploader_daemon.errors import (
     TransientDeliveryError,
 )
 from uploader_daemon.file_moves import place
-from uploader_daemon.http import NetworkError, check_status, excerpt, join_url, safe_url, same_origin, send
+from uploader_daemon.http import (
+    InvalidRequestError,
+    NetworkError,
+    check_status,
+    excerpt,
+    join_url,
+    safe_url,
+    same_origin,
+    send,
+)
 from uploader_daemon.logs import get_logger
 
 log = get_logger(__name__)
 
 _DOWNLOAD_CHUNK = 256 * 1024
+# Filesystems allow 255 bytes per name; the rest is for ".1234" and ".abcd1234.part".
+_MAX_NAME_BYTES = 200
+_MAX_SUFFIX_BYTES = 20
 
 
 @dataclass(frozen=True)
@@ -78,7 +97,8 @@ async def run_step(step: Step, context: StepContext) -> dict[str, object]:
         return await _request(step, context)
     except MissingValueError as error:
         raise BadResponseError(
-            f"step {step.name}: {{{error.path}}} {error.reason}; an earlier response lacked it", step=step.name
+            f"step {step.name}: {{{error.path}}} {error.reason}; an earlier response lacked it",
+            step=step.name,
         ) from None
 
 
@@ -87,7 +107,8 @@ async def _request(step: RequestStep, context: StepContext) -> dict[str, object]
     if step.body is not None:
         options["json"] = render_tree(step.body, context.values)
     elif step.form is not None:
-        options["data"] = {key: as_text(value) for key, value in render_tree(step.form, context.values).items()}
+        form = render_tree(step.form, context.values)
+        options["data"] = {key: as_text(value) for key, value in form.items()}
     response = await _api_call(step, step.method, context, options)
     return _saved(step, response)
 
@@ -107,13 +128,12 @@ async def _poll(step: PollStep, context: StepContext) -> dict[str, object]:
     while True:
         polls += 1
         response = await _api_call(step, step.method, context, {})
-        saved = _saved(step, response)
         data = _json(step.name, response)
         status = as_text(_value(step.name, data, step.status_field))
         details = _optional(data, step.details_field)
-        saved.update(status=status, details=details)
         if status in step.success:
-            return saved
+            # Values to save often exist only in the terminal answer (a result URL).
+            return {**_saved(step, response), "status": status, "details": details}
         if status in step.failure:
             raise PermanentDeliveryError(
                 f"step {step.name}: the server reported {status!r}", step=step.name,
@@ -133,7 +153,9 @@ async def _download(step: DownloadStep, context: StepContext) -> dict[str, objec
     try:
         name = _attachment_name(response) or _safe_name(render_text(step.filename, context.values))
         if not name:
-            raise PermanentDeliveryError(f"step {step.name}: the result has no usable file name", step=step.name)
+            raise PermanentDeliveryError(
+                f"step {step.name}: the result has no usable file name", step=step.name
+            )
         step.output_dir.mkdir(parents=True, exist_ok=True)
         partial = step.output_dir / f"{name}.{uuid.uuid4().hex[:8]}.part"
         try:
@@ -141,16 +163,23 @@ async def _download(step: DownloadStep, context: StepContext) -> dict[str, objec
             expected = response.headers.get("Content-Length")
             if expected is not None and expected.isdigit() and int(expected) != written:
                 raise TransientDeliveryError(
-                    f"step {step.name}: the download stopped after {written} of {expected} bytes", step=step.name
+                    f"step {step.name}: the download stopped after {written} of {expected} bytes",
+                    step=step.name,
                 )
             final = place(partial, step.output_dir, name)
         finally:
             with contextlib.suppress(FileNotFoundError):
                 partial.unlink()
-    except NetworkError as error:
-        raise TransientDeliveryError(f"step {step.name}: {error}", step=step.name) from None
     except httpx.HTTPError as error:
-        raise TransientDeliveryError(f"step {step.name}: the download broke off: {error}", step=step.name) from None
+        raise TransientDeliveryError(
+            f"step {step.name}: the download broke off: {error}", step=step.name
+        ) from None
+    except OSError as error:
+        # A full disk or a missing permission: retried later, and the sentence says where.
+        raise TransientDeliveryError(
+            f"step {step.name}: cannot write the result into {step.output_dir}: {error.strerror or error}; "
+            "check output_dir's free space and permissions", step=step.name,
+        ) from None
     finally:
         await response.aclose()
     log.info("result_saved", step=step.name, path=str(final), size=written)
@@ -158,24 +187,28 @@ async def _download(step: DownloadStep, context: StepContext) -> dict[str, objec
 
 
 async def _storage_post(step: StoragePostStep, context: StepContext) -> dict[str, object]:
-    url = render_text(step.url, context.values)
-    if urlsplit(url).scheme not in ("http", "https") or not urlsplit(url).hostname:
-        raise BadResponseError(f"step {step.name}: the storage URL {url[:80]!r} is not an http(s) URL", step=step.name)
-    granted = render(step.fields, context.values) if isinstance(step.fields, str) else step.fields
-    if not isinstance(granted, Mapping) or not granted:
+    url = _http_url(step.name, "storage URL", render_text(step.url, context.values))
+    # A mapping in the config is a set of templates too (``key: '{create.key}'``).
+    granted = render_tree(step.fields, context.values)
+    if not isinstance(granted, Mapping):
+        kind = "null" if granted is None else type(granted).__name__
         raise BadResponseError(
-            f"step {step.name}: the presigned fields are {type(granted).__name__}, not a mapping of form fields",
-            step=step.name,
+            f"step {step.name}: the presigned fields are {kind}, not a mapping of form fields", step=step.name
         )
+    if not granted:
+        raise BadResponseError(f"step {step.name}: the presigned fields are an empty mapping", step=step.name)
     form = {str(key): as_text(value) for key, value in granted.items()}
     form.update({key: render_text(value, context.values) for key, value in step.extra_fields.items()})
     with context.file.path.open("rb") as handle:
         # httpx writes ``data`` parts before ``files`` parts: the file goes last, as S3 requires.
-        files = {step.file_field: (context.file.name, handle, form.get("Content-Type", context.file.mime_type))}
+        part_type = form.get("Content-Type", context.file.mime_type)
+        files = {step.file_field: (context.file.name, handle, part_type)}
         try:
             response = await send(context.client, "POST", url, data=form, files=files)
         except NetworkError as error:
             raise TransientDeliveryError(f"step {step.name}: {error}", step=step.name) from None
+        except InvalidRequestError as error:
+            raise PermanentDeliveryError(f"step {step.name}: {error}", step=step.name) from None
     storage_error = _s3_error(response)
     if response.status_code == 403 and storage_error and "expired" in storage_error[1].lower():
         raise StaleUploadGrantError(
@@ -191,7 +224,7 @@ async def _api_call(
     step: ApiStep, method: str, context: StepContext, options: dict[str, Any], *, stream: bool = False
 ) -> httpx.Response:
     """Send a step's request to the API, with the credential when the step carries it."""
-    url = render_text(step.url, context.values) if step.url else join_url(
+    url = _http_url(step.name, "URL", render_text(step.url, context.values)) if step.url else join_url(
         context.base_url, render_text(step.path or "", context.values)
     )
     query = {key: as_text(value) for key, value in render_tree(step.query, context.values).items()}
@@ -210,6 +243,8 @@ async def _api_call(
                               stream=stream, **options)
     except NetworkError as error:
         raise TransientDeliveryError(f"step {step.name}: {error}", step=step.name) from None
+    except InvalidRequestError as error:
+        raise PermanentDeliveryError(f"step {step.name}: {error}", step=step.name) from None
     if used is not None:
         context.activity.touch()
         if response.status_code == 401:
@@ -221,6 +256,19 @@ async def _api_call(
             await response.aclose()
         check_status(response, step.name, step.expect, credentialed=step.credential)
     return response
+
+
+def _http_url(step: str, what: str, url: str) -> str:
+    """``url`` when it is an absolute http(s) URL; else :class:`BadResponseError`."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 -- raises ValueError for a bad port
+    except ValueError:
+        parts = None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+        shown = url.split("?", 1)[0][:80]
+        raise BadResponseError(f"step {step}: the {what} {shown!r} is not an http(s) URL", step=step)
+    return url
 
 
 def _saved(step: ApiStep, response: httpx.Response) -> dict[str, object]:
@@ -280,19 +328,37 @@ def _s3_error(response: httpx.Response) -> tuple[str, str] | None:
 
 
 def _attachment_name(response: httpx.Response) -> str | None:
+    """The Content-Disposition file name; ``filename*`` (RFC 5987) wins over ``filename``."""
     header = response.headers.get("Content-Disposition")
     if not header:
         return None
     message = email.message.Message()
     message["Content-Disposition"] = header
-    filename = message.get_filename()
+    plain: str | None = None
+    extended: str | None = None
+    for key, value in message.get_params(header="content-disposition", failobj=[])[1:]:
+        if key.lower() != "filename":
+            continue
+        if isinstance(value, tuple):
+            extended = extended or email.utils.collapse_rfc2231_value(value, errors="replace")
+        else:
+            plain = plain or value
+    filename = extended or plain
     return _safe_name(filename) if filename else None
 
 
 def _safe_name(name: str) -> str:
-    """A server-chosen name reduced to a plain file name: no folders, no hidden files."""
+    """A server-chosen name reduced to a plain file name: no folders, no hidden files,
+    short enough for any filesystem (with room for the ``.part`` and counter suffixes)."""
     plain = PurePosixPath(name.replace("\\", "/")).name.lstrip(".").strip()
-    return "".join(character for character in plain if character.isprintable())
+    plain = "".join(character for character in plain if character.isprintable())
+    if len(plain.encode()) <= _MAX_NAME_BYTES:
+        return plain
+    suffix = PurePosixPath(plain).suffix
+    if len(suffix.encode()) > _MAX_SUFFIX_BYTES:
+        suffix = ""
+    stem = plain[: len(plain) - len(suffix)]
+    return stem.encode()[: _MAX_NAME_BYTES - len(suffix.encode())].decode("utf-8", "ignore") + suffix
 
 
 async def _stream_to(response: httpx.Response, path: Path) -> int:

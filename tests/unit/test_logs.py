@@ -1,0 +1,278 @@
+"""Logging: one JSON object per line (or readable console lines), secrets cut from everything."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from uploader_daemon.logs import REDACTED, Redactor, configure_logging, get_logger
+
+SECRET = "hunter2-Very-Secret"
+JWT = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ1cGxvYWRlciJ9.c2lnbmF0dXJlLXBhcnQ"
+
+
+@pytest.fixture(autouse=True)
+def _stop_capturing_warnings() -> Iterator[None]:
+    """configure_logging routes warnings into logging; undo it after each test."""
+    yield
+    logging.captureWarnings(False)
+
+
+def json_lines(stream: io.StringIO) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in stream.getvalue().splitlines()]
+
+
+def configured(
+    level: str = "info", log_format: str = "json", secrets: tuple[str, ...] = (SECRET,)
+) -> io.StringIO:
+    """Logging configured as the CLI does it, writing into a buffer."""
+    stream = io.StringIO()
+    configure_logging(level, log_format, Redactor(secrets), stream=stream)
+    return stream
+
+
+# --- output format ---------------------------------------------------------------------
+
+
+def test_own_events_are_json_lines_with_timestamp_level_and_event_first() -> None:
+    """journald gets one object per line; a person scanning it sees when, how bad and what first."""
+    stream = configured()
+    get_logger("uploader_daemon.workers").info("upload_finished", file="a.csv", target="reports", attempt=2)
+    (line,) = json_lines(stream)
+    assert list(line)[:3] == ["timestamp", "level", "event"]
+    assert (line["level"], line["event"], line["file"], line["target"], line["attempt"]) == (
+        "info", "upload_finished", "a.csv", "reports", 2
+    )
+    assert line["timestamp"].endswith("Z")
+    assert "logger" not in line
+
+
+def test_library_warnings_go_through_the_same_chain_with_their_logger_name() -> None:
+    """httpx and apscheduler lines look like ours, plus the logger that wrote them."""
+    stream = configured()
+    logging.getLogger("httpx").warning("connection pool is full, discarding %s", "conn-1")
+    logging.getLogger("apscheduler").warning("Run time of job was missed")
+    first, second = json_lines(stream)
+    assert list(first)[:3] == ["timestamp", "level", "event"]
+    assert (first["level"], first["event"], first["logger"]) == (
+        "warning", "connection pool is full, discarding conn-1", "httpx"
+    )
+    assert (second["event"], second["logger"]) == ("Run time of job was missed", "apscheduler")
+
+
+def test_library_info_lines_are_silenced_unless_debugging() -> None:
+    """A line per HTTP request or scheduler tick is noise at info, useful at debug."""
+    stream = configured("info")
+    logging.getLogger("httpx").info("HTTP Request: POST https://api.example.com/api/envio")
+    logging.getLogger("apscheduler").info("Running job")
+    assert stream.getvalue() == ""
+
+    stream = configured("debug")
+    logging.getLogger("httpx").info("HTTP Request: POST https://api.example.com/api/envio")
+    logging.getLogger("apscheduler").info("Running job")
+    logging.getLogger("httpcore").debug("send_request_headers.started")
+    assert [line["logger"] for line in json_lines(stream)] == ["httpx", "apscheduler"]
+
+
+def test_events_below_the_configured_level_are_dropped() -> None:
+    """At warning, info and debug events do not appear."""
+    stream = configured("warning")
+    log = get_logger("uploader_daemon.x")
+    log.debug("detail")
+    log.info("routine")
+    log.warning("odd")
+    assert [line["event"] for line in json_lines(stream)] == ["odd"]
+
+
+def test_the_console_format_is_readable_text() -> None:
+    """For a person at a terminal: level, event and key=value pairs, no JSON braces."""
+    stream = configured(log_format="console")
+    get_logger("uploader_daemon.x").warning("upload_failed", file="a.csv", password=SECRET)
+    text = stream.getvalue()
+    assert "warning" in text
+    assert "upload_failed" in text
+    assert "file=a.csv" in text
+    assert f"password={REDACTED}" in text
+    assert SECRET not in text
+    assert not text.startswith("{")
+    assert "\x1b[" not in text  # no colours when the stream is not a terminal
+
+
+def test_auto_format_writes_json_when_not_on_a_terminal() -> None:
+    """Under systemd stdout is not a TTY, so auto means JSON."""
+    stream = configured(log_format="auto")
+    get_logger("uploader_daemon.x").info("started")
+    assert json_lines(stream)[0]["event"] == "started"
+
+
+def test_configuring_twice_leaves_one_handler() -> None:
+    """Reconfiguring (tests, the demo) does not duplicate every line."""
+    configured()
+    stream = configured()
+    get_logger("uploader_daemon.x").info("once")
+    assert len(json_lines(stream)) == 1
+    assert len(logging.getLogger().handlers) == 1
+
+
+# --- the redactor ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "key",
+    ["password", "Password", "token", "access_token", "refresh_token", "id_token", "Authorization",
+     "proxy-authorization", "app-key", "App-Key", "user-token", "USER_TOKEN", "client_secret",
+     "X-Amz-Signature", "cookie", "Set-Cookie", "api_key", "X-API-Key", "db_password", "session_token",
+     "credentials"],
+)
+def test_values_under_secret_looking_keys_are_blanked(key: str) -> None:
+    """Key names are compared without case, with - and _ alike."""
+    stream = configured(secrets=())
+    get_logger("uploader_daemon.x").info("event", **{key: "plain-looking-value"})
+    assert json_lines(stream)[0][key] == REDACTED
+
+
+@pytest.mark.parametrize(
+    "key",
+    ["expires_at", "token_expires_at", "token_check", "token_field", "password_field", "expires_in", "file",
+     "target", "upload_key", "status", "attempt", "step", "tokens_refreshed", "path", "url"],
+)
+def test_harmless_keys_that_merely_mention_a_secret_survive(key: str) -> None:
+    """Only keys that name a secret are blanked; the admin still sees expiry times and field names."""
+    stream = configured(secrets=())
+    get_logger("uploader_daemon.x").info("event", **{key: "visible"})
+    assert json_lines(stream)[0][key] == "visible"
+
+
+def test_an_absent_secret_is_shown_as_absent() -> None:
+    """password=None says "no password", which is useful and not secret."""
+    redactor = Redactor()
+    assert redactor(None, "info", {"password": None, "token": ""}) == {"password": None, "token": ""}
+
+
+def test_secret_keys_inside_nested_mappings_and_lists_are_blanked() -> None:
+    """Headers logged as a mapping lose their credentials, wherever they sit."""
+    redactor = Redactor()
+    event = {"request": {"headers": {"Authorization": "Bearer abcdefgh", "Accept": "application/json"}},
+             "attempts": [{"user-token": "u-1"}, {"app-key": "k-1", "step": "create"}]}
+    assert redactor(None, "info", event) == {
+        "request": {"headers": {"Authorization": REDACTED, "Accept": "application/json"}},
+        "attempts": [{"user-token": REDACTED}, {"app-key": REDACTED, "step": "create"}],
+    }
+
+
+def test_registered_secret_values_are_cut_out_of_any_text() -> None:
+    """A password inside an error message, a list, a tuple or bytes is replaced."""
+    redactor = Redactor([SECRET])
+    event = {
+        "event": f"login failed for {SECRET}",
+        "error": f"server said: {SECRET!r}",
+        "details": {"body": [f"echo {SECRET}", (SECRET,)]},
+        "raw": f"raw {SECRET}".encode(),
+    }
+    assert redactor(None, "info", event) == {
+        "event": f"login failed for {REDACTED}",
+        "error": f"server said: '{REDACTED}'",
+        "details": {"body": [f"echo {REDACTED}", [REDACTED]]},
+        "raw": f"raw {REDACTED}",
+    }
+
+
+def test_the_longest_overlapping_secret_is_cut_whole() -> None:
+    """A token that contains a shorter secret leaves no tail behind."""
+    redactor = Redactor(["abcd", "abcd-efgh-ijkl"])
+    assert redactor.scrub("x abcd-efgh-ijkl y abcd") == f"x {REDACTED} y {REDACTED}"
+
+
+def test_very_short_values_are_not_registered_as_secrets() -> None:
+    """Blanking every "ab" in the logs would ruin them and protect nothing."""
+    redactor = Redactor(["ab", ""])
+    assert redactor.scrub("a tab and a cab") == "a tab and a cab"
+
+
+def test_a_discarded_token_is_no_longer_cut() -> None:
+    """Replaced tokens are forgotten so the set does not grow forever."""
+    redactor = Redactor()
+    redactor.add("token-one-1234")
+    assert redactor.scrub("token-one-1234") == REDACTED
+    redactor.discard("token-one-1234")
+    assert redactor.scrub("token-one-1234") == "token-one-1234"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("Authorization: Bearer abc.def-ghi_1", f"Authorization: Bearer {REDACTED}"),
+        ("Authorization: Bearer ab_cdefghijklmnop", f"Authorization: Bearer {REDACTED}"),
+        ("header bearer 0123456789abcdef", f"header bearer {REDACTED}"),
+        ("Authorization: TOK:abcdefghijk", f"Authorization: TOK: {REDACTED}"),
+        ("Authorization: Basic dXNlcjpwYXNzd29yZA==", f"Authorization: Basic {REDACTED}"),
+        (f"token={JWT}&x=1", f"token={REDACTED}&x=1"),
+        ("Bearer token expired", "Bearer token expired"),
+        ("bearer_token_missing, basicAuthentication", "bearer_token_missing, basicAuthentication"),
+        ("TOK: abcdefghijk", f"TOK: {REDACTED}"),
+    ],
+)
+def test_credentials_in_free_text_are_cut_even_when_unregistered(text: str, expected: str) -> None:
+    """Bearer/Basic/TOK: values and JWT-shaped strings never reach the log."""
+    assert Redactor().scrub(text) == expected
+
+
+def test_tracebacks_are_rendered_before_redaction() -> None:
+    """A secret in an exception message is cut from log.exception's traceback, ours and stdlib's."""
+    stream = configured()
+
+    def log_in() -> None:
+        raise RuntimeError(f"login refused for password {SECRET} with Bearer {JWT}")
+
+    try:
+        log_in()
+    except RuntimeError:
+        get_logger("uploader_daemon.auth").exception("login_failed")
+        logging.getLogger("apscheduler").exception("job raised")
+    ours, library = json_lines(stream)
+    for line in (ours, library):
+        assert "Traceback (most recent call last)" in line["exception"]
+        assert "RuntimeError: login refused for password" in line["exception"]
+    assert SECRET not in stream.getvalue()
+    assert JWT not in stream.getvalue()
+
+
+def test_stdlib_message_arguments_are_redacted() -> None:
+    """A library that formats a secret into its message (%s) is scrubbed after formatting."""
+    stream = configured()
+    logging.getLogger("httpx").warning("retrying with %s and Authorization: Bearer %s", SECRET, "abcdefghij")
+    assert json_lines(stream)[0]["event"] == f"retrying with {REDACTED} and Authorization: Bearer {REDACTED}"
+
+
+def test_an_exception_object_passed_as_a_value_is_redacted() -> None:
+    """error=exc (instead of str(exc)) would otherwise reach the renderer unscrubbed."""
+    stream = configured()
+    get_logger("uploader_daemon.x").warning("odd", error=ValueError(f"bad {SECRET}"))
+    (line,) = json_lines(stream)
+    assert line["error"] == f"ValueError('bad {REDACTED}')"
+
+
+def test_paths_and_numbers_keep_their_plain_form() -> None:
+    """A Path is logged as the path, numbers and booleans stay JSON numbers and booleans."""
+    stream = configured()
+    log = get_logger("uploader_daemon.x")
+    log.info("scan", folder=Path("/srv/drop"), files=3, seconds=1.5, recursive=True)
+    (line,) = json_lines(stream)
+    assert (line["folder"], line["files"], line["seconds"], line["recursive"]) == ("/srv/drop", 3, 1.5, True)
+
+
+def test_every_level_is_redacted() -> None:
+    """Debug lines are as clean as errors."""
+    stream = configured("debug")
+    log = get_logger("uploader_daemon.x")
+    for method in (log.debug, log.info, log.warning, log.error, log.critical):
+        method("event", note=f"has {SECRET}")
+    logging.getLogger("httpx").debug("request with %s", SECRET)
+    assert len(json_lines(stream)) == 6
+    assert SECRET not in stream.getvalue()
