@@ -94,7 +94,8 @@ targets:
         encoding="utf-8",
     )
     log = (root / "daemon.log").open("w")
-    process = subprocess.Popen([sys.executable, "-m", "uploader_daemon", "run", "--config", str(config)],
+    profile = ["-m", "cProfile", "-o", os.environ["BENCH_PROFILE"]] if os.environ.get("BENCH_PROFILE") else []
+    process = subprocess.Popen([sys.executable, *profile, "-m", "uploader_daemon", "run", "--config", str(config)],
                                stdout=log, stderr=subprocess.STDOUT)
     try:
         while "daemon_started" not in (root / "daemon.log").read_text():

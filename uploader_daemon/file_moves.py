@@ -19,12 +19,22 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 _MAX_CANDIDATES = 10_000
+_NO_HARD_LINK = (errno.EXDEV, errno.EPERM, errno.ENOTSUP, errno.EMLINK)
 
 
-def place(source: Path, directory: Path, name: str, *, keep_free: tuple[str, ...] = ()) -> Path:
+class CopyNeededError(OSError):
+    """The move needs a copy (another filesystem): slow, so the caller may want a thread."""
+
+
+def place(
+    source: Path, directory: Path, name: str, *, keep_free: tuple[str, ...] = (), allow_copy: bool = True
+) -> Path:
     """Move ``source`` into ``directory`` as ``name`` (or ``name`` with a counter).
 
     ``keep_free`` lists suffixes whose companions must also be free (``.error.json``).
+    With ``allow_copy=False`` a move that would need a copy raises
+    :class:`CopyNeededError` instead, leaving everything as it was: a hard link takes
+    microseconds and can run on the event loop, a copy of a large file cannot.
     Returns the final path. Raises ``OSError`` when the move is impossible.
     """
     directory.mkdir(parents=True, exist_ok=True)
@@ -33,7 +43,7 @@ def place(source: Path, directory: Path, name: str, *, keep_free: tuple[str, ...
         if any(destination.with_name(destination.name + suffix).exists() for suffix in keep_free):
             continue
         try:
-            _link_or_copy(source, destination)
+            _link_or_copy(source, destination, allow_copy)
         except FileExistsError:
             continue
         source.unlink()
@@ -41,10 +51,10 @@ def place(source: Path, directory: Path, name: str, *, keep_free: tuple[str, ...
     raise OSError(errno.EEXIST, f"no free name for {name} in {directory}")
 
 
-def archive(source: Path, archive_dir: Path, relative_path: str) -> Path:
+def archive(source: Path, archive_dir: Path, relative_path: str, *, allow_copy: bool = True) -> Path:
     """Move a delivered file into ``archive_dir``, keeping its sub-folder and name."""
     relative = PurePosixPath(relative_path)
-    return place(source, archive_dir.joinpath(*relative.parts[:-1]), relative.name)
+    return place(source, archive_dir.joinpath(*relative.parts[:-1]), relative.name, allow_copy=allow_copy)
 
 
 def fail(source: Path, failed_dir: Path, relative_path: str, report: dict[str, Any]) -> Path:
@@ -84,14 +94,16 @@ def _candidates(name: str) -> Iterator[str]:
         yield f"{stem}.{counter}{suffixes}"
 
 
-def _link_or_copy(source: Path, destination: Path) -> None:
+def _link_or_copy(source: Path, destination: Path, allow_copy: bool) -> None:
     try:
         os.link(source, destination)
     except FileExistsError:
         raise
     except OSError as error:
-        if error.errno not in (errno.EXDEV, errno.EPERM, errno.ENOTSUP, errno.EMLINK):
+        if error.errno not in _NO_HARD_LINK:
             raise
+        if not allow_copy:
+            raise CopyNeededError(error.errno, f"{destination.parent} needs a copy: {error.strerror}") from None
         # Another filesystem, or one without hard links: copy beside the destination,
         # then claim the final name without overwriting.
         temporary = destination.with_name(f".{destination.name}.{uuid.uuid4().hex[:8]}.tmp")

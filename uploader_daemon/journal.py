@@ -137,36 +137,40 @@ class Journal:
         file's current size and mtime), or ``None`` when the file is in flight, or was
         delivered and kept (or failed and could not be moved) and has not changed.
         """
-        with self._transaction() as db:
-            active = db.execute(
-                "SELECT id, state, size, mtime_ns FROM files WHERE target=? AND path=? AND state IN "
-                "('pending','uploading','delivered')",
-                (target, path),
-            ).fetchone()
-            if active is not None:
-                if active["state"] != "pending":
-                    return None
-                if (active["size"], active["mtime_ns"]) != (size, mtime_ns):
-                    # Rewritten while waiting: the upload must send the new content, so a
-                    # checkpoint of an earlier attempt (a document created for the old
-                    # size, a poll of the old upload) no longer applies.
-                    db.execute(
-                        "UPDATE files SET size=?, mtime_ns=?, next_step=0, step_in_flight=NULL, "
-                        "outputs='{}', updated_at=? WHERE id=?",
-                        (size, mtime_ns, now, active["id"]),
-                    )
-                row_id = active["id"]
-            elif self.was_settled(target, path, size, mtime_ns):
+        # No explicit transaction: the journal is used from one thread only, and the
+        # unique index on active (target, path) rows backs that up.
+        db = self._db
+        active = db.execute(
+            "SELECT * FROM files WHERE target=? AND path=? AND state IN ('pending','uploading','delivered')",
+            (target, path),
+        ).fetchone()
+        if active is not None:
+            if active["state"] != "pending":
                 return None
-            else:
-                cursor = db.execute(
-                    "INSERT INTO files (target, path, size, mtime_ns, state, discovered_at, updated_at) "
-                    "VALUES (?, ?, ?, ?, 'pending', ?, ?)",
-                    (target, path, size, mtime_ns, now, now),
-                )
-                row_id = cursor.lastrowid
-        assert row_id is not None
-        return self.get(row_id)
+            if (active["size"], active["mtime_ns"]) == (size, mtime_ns):
+                return _record(active)
+            # Rewritten while waiting: the upload must send the new content, so a
+            # checkpoint of an earlier attempt (a document created for the old size, a
+            # poll of the old upload) no longer applies.
+            db.execute(
+                "UPDATE files SET size=?, mtime_ns=?, next_step=0, step_in_flight=NULL, "
+                "outputs='{}', updated_at=? WHERE id=?",
+                (size, mtime_ns, now, active["id"]),
+            )
+            return self.get(active["id"])
+        if self.was_settled(target, path, size, mtime_ns):
+            return None
+        cursor = db.execute(
+            "INSERT INTO files (target, path, size, mtime_ns, state, discovered_at, updated_at) "
+            "VALUES (?, ?, ?, ?, 'pending', ?, ?)",
+            (target, path, size, mtime_ns, now, now),
+        )
+        assert cursor.lastrowid is not None
+        return FileRecord(
+            id=cursor.lastrowid, target=target, path=path, size=size, mtime_ns=mtime_ns, state="pending",
+            attempts=0, next_step=0, step_in_flight=None, outputs={}, last_error=None, last_status=None,
+            destination=None, discovered_at=now, updated_at=now,
+        )
 
     def is_active(self, target: str, path: str) -> bool:
         """Whether ``path`` is waiting, in flight, or delivered but not yet filed away."""
@@ -219,14 +223,25 @@ class Journal:
         self._update(record_id, now, state="uploading")
 
     def step_started(self, record_id: int, step: int, now: float) -> None:
-        """Step ``step`` is about to send; if we crash now its outcome is unknown."""
-        self._update(record_id, now, step_in_flight=step)
+        """Step ``step`` is about to send; if we crash now its outcome is unknown.
 
-    def step_finished(self, record_id: int, step: int, outputs: dict[str, Any], now: float) -> None:
-        """Step ``step`` succeeded; ``outputs`` are the values saved by steps so far."""
-        self._update(
-            record_id, now, next_step=step + 1, step_in_flight=None, outputs=json.dumps(outputs)
-        )
+        Also marks the file ``uploading`` (one statement instead of two per file).
+        """
+        self._update(record_id, now, state="uploading", step_in_flight=step)
+
+    def step_finished(
+        self, record_id: int, step: int, outputs: dict[str, Any], now: float, *, last: bool = False
+    ) -> None:
+        """Step ``step`` succeeded; ``outputs`` are the values saved by steps so far.
+
+        After the ``last`` step the file is ``delivered`` in the same statement: from
+        that commit on it is never sent again.
+        """
+        if last:
+            self._update(record_id, now, state="delivered", next_step=step + 1, step_in_flight=None,
+                         outputs=json.dumps(outputs))
+        else:
+            self._update(record_id, now, next_step=step + 1, step_in_flight=None, outputs=json.dumps(outputs))
 
     def resume_at(self, record_id: int, step: int, outputs: dict[str, Any], now: float) -> None:
         """Set where the next attempt starts (0 with no outputs: from the beginning)."""

@@ -1039,3 +1039,14 @@ def test_a_preset_template_may_only_use_file_and_target_values(places: dict[str,
     assert problem.startswith(
         "targets[0].upload: upload: {create.id} refers to 'create', which is not defined here"
     )
+
+
+def test_poll_success_and_failure_values_may_be_numbers() -> None:
+    """A numeric status written without quotes means the same text the poll compares."""
+    from uploader_daemon.config.upload import PollStep
+
+    step = PollStep.model_validate(
+        {"kind": "poll", "name": "p", "path": "/s", "status_field": "status", "success": [2], "failure": [3.5]}
+    )
+    assert ("2",) == step.success
+    assert ("3.5",) == step.failure

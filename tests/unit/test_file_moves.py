@@ -208,3 +208,15 @@ def test_other_link_errors_are_raised_and_the_source_stays(
     with pytest.raises(OSError, match="Read-only"):
         archive(source, tmp_path / "sent", "a.csv")
     assert source.read_text(encoding="utf-8") == "new content"
+
+
+def test_a_move_that_needs_a_copy_can_be_refused_untouched(
+    drop: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With allow_copy=False a cross-filesystem move raises CopyNeededError and changes nothing."""
+    _link_failing(monkeypatch, failures=None)
+    source = dropped(drop, "a.csv")
+    with pytest.raises(file_moves.CopyNeededError):
+        archive(source, tmp_path / "sent", "a.csv", allow_copy=False)
+    assert source.exists()
+    assert names(tmp_path / "sent") == []

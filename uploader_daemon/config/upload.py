@@ -20,7 +20,7 @@ from __future__ import annotations
 from functools import cached_property
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, PlainValidator, field_validator, model_validator
+from pydantic import BeforeValidator, Field, PlainValidator, field_validator, model_validator
 
 from uploader_daemon.config.types import AbsolutePath, HttpUrl, Model, PositiveDuration
 from uploader_daemon.delivery.templating import TemplateError, references_in
@@ -48,6 +48,17 @@ def _fields_source(value: object) -> str | dict[str, str]:
 
 
 ScalarValue = Annotated[Scalar, PlainValidator(_scalar)]
+
+
+def _status_text(value: object) -> object:
+    # A server may answer {"status": 2}; the poll compares values as text, so a number
+    # in the config is the same value written without quotes.
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)
+    return value
+
+
+StatusValue = Annotated[str, BeforeValidator(_status_text)]
 HttpMethod = Literal["GET", "POST", "PUT", "PATCH", "DELETE"]
 Template = str
 
@@ -110,8 +121,8 @@ class PollStep(ApiStep):
     kind: Literal["poll"]
     method: Literal["GET", "POST"] = "GET"
     status_field: str
-    success: tuple[str, ...] = Field(min_length=1)
-    failure: tuple[str, ...] = ()
+    success: tuple[StatusValue, ...] = Field(min_length=1)
+    failure: tuple[StatusValue, ...] = ()
     details_field: str | None = None
     interval: PositiveDuration = 5.0
     deadline: PositiveDuration = 600.0
@@ -360,8 +371,8 @@ class PresignedStatusUpload(Model):
     file_type: str = Field(default="{file.mime_type}", description="Sent as the 'type' field.")
     storage: StorageSettings = StorageSettings()
     poll: PollSettings = PollSettings()
-    success: tuple[str, ...] = ("completed",)
-    failure: tuple[str, ...] = ("error",)
+    success: tuple[StatusValue, ...] = ("completed",)
+    failure: tuple[StatusValue, ...] = ("error",)
 
     @model_validator(mode="after")
     def _templates(self) -> PresignedStatusUpload:

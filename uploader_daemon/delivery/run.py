@@ -94,6 +94,8 @@ class Delivery:
                 self._journal.resume_at(record.id, 0, outputs, self._clock.now())
                 continue
             outputs[step.name] = produced
-            self._journal.step_finished(record.id, index, outputs, self._clock.now())
+            self._journal.step_finished(
+                record.id, index, outputs, self._clock.now(), last=index == len(self.steps) - 1
+            )
             bound.debug("step_done", step=step.name)
             index += 1
