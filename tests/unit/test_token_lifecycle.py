@@ -580,6 +580,28 @@ def test_every_new_token_announces_when_renewal_is_next_due(rig: Rig, api: Token
     assert refreshed_expiry - BEFORE_EXPIRY == restarted.renew_at
 
 
+def test_a_before_expiry_longer_than_the_lifetime_renews_at_half_life_not_in_a_loop(
+    rig: Rig, api: TokenApi
+) -> None:
+    """When before_expiry exceeds a token's life, renewal waits for half of it, once per token."""
+    long_window = TOKEN_AUTH.replace("before_expiry: 5m", "before_expiry: 2h")
+    announced: list[float] = []
+    credential = rig.credential(long_window)
+    credential.on_new_token(announced.append)
+    rig.activity.touch()
+
+    with capture_logs() as events:
+        headers_now(credential)
+        renew(credential)  # the tick right after login: not due yet
+        rig.clock.advance(LIFETIME / 2)
+        renew(credential)  # half-life: due
+        renew(credential)  # again at once: the new token is not due
+
+    assert 1 == api.refreshes
+    assert [START + LIFETIME / 2, START + LIFETIME / 2 + LIFETIME / 2] == announced
+    assert 1 == len(events_named(events, "token_lifetime_shorter_than_before_expiry"))
+
+
 # --- headers() and expiry -------------------------------------------------------------
 
 

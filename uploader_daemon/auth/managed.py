@@ -87,6 +87,7 @@ class ManagedTokenCredential:
         self._lock = asyncio.Lock()
         self._login_failures = 0
         self._login_retry_at = 0.0
+        self._warned_short_lifetime = False
         self._log = log.bind(target=target)
 
     @property
@@ -99,8 +100,8 @@ class ManagedTokenCredential:
 
     @property
     def renew_at(self) -> float | None:
-        """When the scheduler should look again: ``before_expiry`` ahead of expiry."""
-        return self._grant.expires_at - self._renewal.before_expiry if self._grant else None
+        """When the scheduler should look again (see :func:`renewal_time`)."""
+        return renewal_time(self._grant, self._renewal.before_expiry) if self._grant else None
 
     def on_new_token(self, callback: Callable[[float], None]) -> None:
         """Call ``callback(renew_at)`` whenever a new token arrives (the scheduler hook)."""
@@ -145,7 +146,7 @@ class ManagedTokenCredential:
         if grant is None:
             return
         remaining = grant.expires_at - self._clock.now()
-        if remaining > self._renewal.before_expiry:
+        if not self._due(grant):
             self._log.debug("token_renewal_not_due", expires_in=round(remaining))
             return
         if not self._activity.is_active(self._renewal.active_within):
@@ -234,8 +235,19 @@ class ManagedTokenCredential:
         self._announce(grant)
 
     def _announce(self, grant: TokenGrant) -> None:
+        lifetime = grant.expires_at - grant.obtained_at
+        if lifetime <= self._renewal.before_expiry and not self._warned_short_lifetime:
+            self._warned_short_lifetime = True
+            self._log.warning(
+                "token_lifetime_shorter_than_before_expiry", lifetime=round(lifetime),
+                before_expiry=self._renewal.before_expiry,
+                hint="the token is renewed at half its lifetime; lower auth.refresh.before_expiry",
+            )
         if self._on_new_token is not None:
-            self._on_new_token(grant.expires_at - self._renewal.before_expiry)
+            self._on_new_token(renewal_time(grant, self._renewal.before_expiry))
+
+    def _due(self, grant: TokenGrant) -> bool:
+        return self._clock.now() >= renewal_time(grant, self._renewal.before_expiry)
 
     def _usable(self, grant: TokenGrant) -> bool:
         # The margin never eats more than a tenth of a short-lived token's lifetime.
@@ -249,3 +261,13 @@ class ManagedTokenCredential:
 
 def _iso(timestamp: float) -> str:
     return datetime.datetime.fromtimestamp(timestamp, datetime.UTC).isoformat(timespec="seconds")
+
+
+def renewal_time(grant: TokenGrant, before_expiry: float) -> float:
+    """When a token is due for renewal: ``before_expiry`` ahead of its expiry.
+
+    Never earlier than half its lifetime: with ``before_expiry`` longer than a token
+    lives, every new token would be due the moment it arrived, and renew in a loop.
+    """
+    lifetime = grant.expires_at - grant.obtained_at
+    return max(grant.expires_at - before_expiry, grant.obtained_at + lifetime / 2)
