@@ -1,0 +1,199 @@
+"""Performance is part of correctness: streaming, pickup latency, idleness, throughput.
+
+The daemon runs as a real process (its memory and CPU are measured from /proc), the
+emulator in the test process or, for throughput, in its own process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import PASSWORD
+from tests.helpers import DaemonProcess, wait_until, write_config
+from uploader_daemon.emulator import Emulator, EmulatorSettings
+
+MIB = 1024 * 1024
+
+CONFIG = """
+state_dir: {state}
+log: {{level: info, format: json}}
+targets:
+  - name: perf
+    folder: {drop}
+    settle: 0s
+    concurrency: {concurrency}
+    after_upload: {{action: archive, archive_dir: {sent}}}
+    failed_dir: {failed}
+    api: {{base_url: "{url}", timeout: 120s}}
+    auth:
+      type: token
+      login: {{username: uploader, password: {password}}}
+      refresh: {{path: /auth/tokenRefresh}}
+    upload: {{type: multipart}}
+"""
+
+
+def proc_status(pid: int, field: str) -> int:
+    """A ``/proc/PID/status`` value in kB (``VmRSS``, ``VmHWM``)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise KeyError(field)
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@pytest.fixture
+def daemon_process(
+    tmp_path: Path, folders: dict[str, Path], emulator: Emulator
+) -> Iterator[DaemonProcess]:
+    config = write_config(
+        tmp_path / "config.yaml", CONFIG, state=folders["state"], drop=folders["drop"], sent=folders["sent"],
+        failed=folders["failed"], url=emulator.base_url, password=PASSWORD, concurrency=4,
+    )
+    process = DaemonProcess(config, tmp_path / "daemon.log")
+    try:
+        process.wait_for_log("daemon_started")
+        yield process
+    finally:
+        process.close()
+
+
+@pytest.mark.timeout(120)
+def test_a_large_upload_streams_from_disk_with_flat_memory(
+    daemon_process: DaemonProcess, folders: dict[str, Path], emulator: Emulator, tmp_path: Path
+) -> None:
+    """A 512 MiB file goes out while the daemon's peak memory grows by far less than its size."""
+    pid = daemon_process.process.pid
+    # One small file first, so the login, the client pool and the code paths are warm.
+    (folders["drop"] / "warm-up.txt").write_text("warm")
+    assert emulator.wait_for(lambda e: len(e.received) == 1, 15)
+    baseline = proc_status(pid, "VmHWM")
+    staging = tmp_path / "big.bin"
+    with staging.open("wb") as handle:
+        handle.truncate(512 * MIB)  # sparse: quick to make, read back as zeros
+    staging.rename(folders["drop"] / "big.bin")
+    assert emulator.wait_for(lambda e: len(e.received) == 2, 100)
+    received = emulator.received[-1]
+    assert ("big.bin", 512 * MIB) == (received.name, received.size)
+    growth_mib = (proc_status(pid, "VmHWM") - baseline) / 1024
+    assert growth_mib < 32, f"peak memory grew by {growth_mib:.0f} MiB for a 512 MiB upload"
+
+
+def test_a_closed_file_is_picked_up_within_milliseconds(
+    daemon_process: DaemonProcess, folders: dict[str, Path], emulator: Emulator
+) -> None:
+    """With settle 0 the upload request starts a few milliseconds after the writer closes the file."""
+    latencies = []
+    for number in range(10):
+        closed_at = time.time()
+        (folders["drop"] / f"quick-{number}.txt").write_text("x")
+        assert emulator.wait_for(lambda e, n=number + 1: len(e.received) >= n, 10)
+        upload = next(r for r in emulator.requests if r.path == "/api/envio" and r.time >= closed_at)
+        latencies.append(upload.time - closed_at)
+    latencies.sort()
+    median = latencies[len(latencies) // 2]
+    # The first upload includes the login; the median is the steady-state pickup.
+    assert median < 0.05, f"median pickup latency {median * 1000:.1f} ms: {latencies}"
+
+
+def test_an_idle_daemon_uses_no_measurable_cpu(daemon_process: DaemonProcess) -> None:
+    """Watching an empty folder, the daemon spends (next to) no CPU time: no polling loops."""
+    pid = daemon_process.process.pid
+    before = cpu_seconds(pid)
+    started = time.monotonic()
+    # A bounded observation window is the measurement itself, not a wait for an event.
+    threading.Event().wait(3.0)
+    used = cpu_seconds(pid) - before
+    assert time.monotonic() - started >= 3.0
+    assert used <= 0.02, f"idle daemon used {used:.3f} s of CPU in 3 s"
+
+
+@pytest.mark.timeout(120)
+def test_many_small_files_go_out_about_as_fast_as_a_bare_async_client(tmp_path: Path) -> None:
+    """300 small files: the daemon (pickup, journal, archive included) stays close to bare httpx."""
+    count, concurrency = 300, 4
+    storage = tmp_path / "server"
+    server = subprocess.Popen(
+        [sys.executable, "-m", "uploader_daemon.emulator", "--port", "0", "--storage-dir", str(storage),
+         "--user", f"uploader:{PASSWORD}"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        assert server.stdout is not None
+        url = server.stdout.readline().strip()
+        assert url.startswith("http://127.0.0.1:"), url
+        bare = _bare_client_seconds(url, tmp_path / "bare", count, concurrency)
+        ours = _daemon_seconds(url, tmp_path / "daemon", count, concurrency)
+    finally:
+        server.terminate()
+        server.wait(15)
+        if server.stdout is not None:
+            server.stdout.close()
+    ratio = ours / bare
+    print(f"bare {bare:.2f}s, daemon {ours:.2f}s, ratio {ratio:.2f}")
+    assert ratio < 2.5, f"daemon took {ours:.2f}s where a bare client took {bare:.2f}s"
+
+
+def _bare_client_seconds(url: str, folder: Path, count: int, concurrency: int) -> float:
+    folder.mkdir()
+    files = []
+    for number in range(count):
+        path = folder / f"f{number:04}.dat"
+        path.write_bytes(os.urandom(2048))
+        files.append(path)
+
+    async def run() -> float:
+        limits = httpx.Limits(max_connections=concurrency)
+        async with httpx.AsyncClient(limits=limits, timeout=30) as client:
+            login = await client.post(f"{url}/auth/login", json={"username": "uploader", "password": PASSWORD})
+            headers = {"Authorization": f"Bearer {login.json()['access_token']}"}
+            gate = asyncio.Semaphore(concurrency)
+
+            async def send(path: Path) -> None:
+                async with gate:
+                    with path.open("rb") as handle:
+                        answer = await client.post(f"{url}/api/envio", headers=headers,
+                                                   files={"file": (path.name, handle)})
+                    answer.raise_for_status()
+
+            started = time.monotonic()
+            await asyncio.gather(*(send(path) for path in files))
+            return time.monotonic() - started
+
+    return asyncio.run(run())
+
+
+def _daemon_seconds(url: str, root: Path, count: int, concurrency: int) -> float:
+    drop, staging, sent = root / "drop", root / "staging", root / "sent"
+    for folder in (drop, staging):
+        folder.mkdir(parents=True)
+    for number in range(count):
+        (staging / f"f{number:04}.dat").write_bytes(os.urandom(2048))
+    config = write_config(
+        root / "config.yaml", CONFIG, state=root / "state", drop=drop, sent=sent, failed=root / "failed",
+        url=url, password=PASSWORD, concurrency=concurrency,
+    )
+    process = DaemonProcess(config, root / "daemon.log")
+    try:
+        process.wait_for_log("daemon_started")
+        started = time.monotonic()
+        for path in staging.iterdir():
+            path.rename(drop / path.name)
+        wait_until(lambda: sent.exists() and len(os.listdir(sent)) == count, 90, "every file archived")
+        return time.monotonic() - started
+    finally:
+        process.close()
