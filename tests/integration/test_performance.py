@@ -20,7 +20,7 @@ import pytest
 
 from tests.conftest import PASSWORD
 from tests.helpers import DaemonProcess, wait_until, write_config
-from uploader_daemon.emulator import Emulator, EmulatorSettings
+from uploader_daemon.emulator import Emulator
 
 MIB = 1024 * 1024
 
@@ -159,7 +159,8 @@ def _bare_client_seconds(url: str, folder: Path, count: int, concurrency: int) -
     async def run() -> float:
         limits = httpx.Limits(max_connections=concurrency)
         async with httpx.AsyncClient(limits=limits, timeout=30) as client:
-            login = await client.post(f"{url}/auth/login", json={"username": "uploader", "password": PASSWORD})
+            credentials = {"username": "uploader", "password": PASSWORD}
+            login = await client.post(f"{url}/auth/login", json=credentials)
             headers = {"Authorization": f"Bearer {login.json()['access_token']}"}
             gate = asyncio.Semaphore(concurrency)
 
