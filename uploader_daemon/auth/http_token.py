@@ -16,7 +16,7 @@ import httpx
 from uploader_daemon.auth.grant import TokenGrant, TokenRequestError, expiry_for
 from uploader_daemon.clock import Clock
 from uploader_daemon.config.auth import TokenAuth
-from uploader_daemon.delivery.templating import MissingValueError, dig
+from uploader_daemon.delivery.templating import MissingValueError, dig, dig_optional
 from uploader_daemon.errors import UploaderError
 from uploader_daemon.http import excerpt, join_url, send
 from uploader_daemon.logs import REDACTED
@@ -91,7 +91,7 @@ class HttpTokenProvider:
             raise TokenRequestError(
                 f"{what} answered {status} but {token_field!r} is not a token", status=status
             )
-        expires_in = _optional(data, expires_in_field)
+        expires_in = dig_optional(data, expires_in_field)
         try:
             expires_at = expiry_for(token, sent_at, expires_in, self._settings.default_lifetime)
         except ValueError as error:
@@ -110,12 +110,3 @@ class HttpTokenProvider:
         for form in {password, json.dumps(password)[1:-1]} - {""}:
             text = text.replace(form, REDACTED)
         return text[:limit] + ("..." if len(text) > limit else "")
-
-
-def _optional(data: object, path: str | None) -> object:
-    if path is None:
-        return None
-    try:
-        return dig(data, path)
-    except MissingValueError:
-        return None

@@ -39,6 +39,7 @@ from uploader_daemon.delivery.templating import (
     MissingValueError,
     as_text,
     dig,
+    dig_optional,
     render_text,
     render_tree,
 )
@@ -130,7 +131,7 @@ async def _poll(step: PollStep, context: StepContext) -> dict[str, object]:
         response = await _api_call(step, step.method, context, {})
         data = _json(step.name, response)
         status = as_text(_value(step.name, data, step.status_field))
-        details = _optional(data, step.details_field)
+        details = dig_optional(data, step.details_field)
         if status in step.success:
             # Values to save often exist only in the terminal answer (a result URL).
             return {**_saved(step, response), "status": status, "details": details}
@@ -304,15 +305,6 @@ def _value(step: str, data: object, path: str) -> object:
     if value is None:
         raise BadResponseError(f"step {step}: the response's {path!r} is null", step=step)
     return value
-
-
-def _optional(data: object, path: str | None) -> object:
-    if path is None:
-        return None
-    try:
-        return dig(data, path)
-    except MissingValueError:
-        return None
 
 
 def _s3_error(response: httpx.Response) -> tuple[str, str] | None:

@@ -82,6 +82,16 @@ def dig(data: object, path: str, *, root: str = "") -> object:
     return current
 
 
+def dig_optional(data: object, path: str | None) -> object:
+    """Like :func:`dig`, but ``None`` when ``path`` is ``None`` or leads nowhere."""
+    if path is None:
+        return None
+    try:
+        return dig(data, path)
+    except MissingValueError:
+        return None
+
+
 def render(template: str, values: Mapping[str, object]) -> object:
     """Fill a template from ``values`` (``{"file": {...}, "create": {...}}``).
 

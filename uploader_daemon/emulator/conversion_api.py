@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path, PurePath
 from urllib.parse import quote
 
-from uploader_daemon.emulator.models import ReceivedFile
 from uploader_daemon.emulator.multipart import MultipartError
 from uploader_daemon.emulator.state import EmulatorState, safe_filename
 from uploader_daemon.emulator.tokens import encode_jwt, numeric_date
@@ -99,21 +98,14 @@ class ConversionApi:
                 raise json_error(400, "the form has no file part")
             if not re.fullmatch(r"[A-Za-z0-9]{1,16}", conversion_type):
                 raise json_error(400, "the form needs a conversion_type such as 'mp4'")
-            part = form.files[0]
             task_id = str(uuid.uuid4())
-            path = self._state.place_file(part, "tasks", task_id, safe_filename(part.filename))
-            received = ReceivedFile(
-                FLOW,
-                part.filename,
-                part.size,
-                part.sha256,
-                path,
-                dict(form.fields),
-                form.part_order,
-                dict(request.headers),
-            )
+            part = form.files[0]
+            name = safe_filename(part.filename)
+            received = self._state.receive(FLOW, part, form, request, "tasks", task_id, name)
             with self._state.lock:
-                self._tasks[task_id] = _Task(task_id, issued.username, part.filename, conversion_type, path)
+                self._tasks[task_id] = _Task(
+                    task_id, issued.username, received.name, conversion_type, received.path
+                )
                 self._state.add_received(received)
                 self._state.counters["tasks_created"] += 1
         finally:

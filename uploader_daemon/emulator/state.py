@@ -23,7 +23,7 @@ from uploader_daemon.emulator.models import (
     RequestRecord,
     ScriptedResponse,
 )
-from uploader_daemon.emulator.multipart import FilePart
+from uploader_daemon.emulator.multipart import FilePart, MultipartForm
 from uploader_daemon.emulator.policy import PolicyBook
 from uploader_daemon.emulator.tokens import IssuedToken, TokenRegistry, TokenStatus
 from uploader_daemon.emulator.wire import HttpError, Request, json_error
@@ -123,6 +123,16 @@ class EmulatorState:
         destination.parent.mkdir(parents=True, exist_ok=True)
         os.replace(part.path, destination)
         return destination
+
+    def receive(
+        self, flow: str, part: FilePart, form: MultipartForm, request: Request, *relative: str
+    ) -> ReceivedFile:
+        """Store a file part of ``form`` at ``storage_dir/relative...`` and describe it."""
+        path = self.place_file(part, *relative)
+        return ReceivedFile(
+            flow, part.filename, part.size, part.sha256, path, dict(form.fields), form.part_order,
+            dict(request.headers),
+        )
 
     def authenticate(self, request: Request) -> str:
         """Check a login body ``{"username", "password"}``; return the username.

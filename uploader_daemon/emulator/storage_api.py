@@ -13,7 +13,6 @@ import re
 from urllib.parse import quote
 from xml.sax.saxutils import escape
 
-from uploader_daemon.emulator.models import ReceivedFile
 from uploader_daemon.emulator.multipart import MultipartError, MultipartForm
 from uploader_daemon.emulator.policy import BUCKET, PolicyViolation
 from uploader_daemon.emulator.state import EmulatorState
@@ -84,17 +83,7 @@ class StorageApi:
             )
         if part.size > maximum:
             raise self._reject(400, "EntityTooLarge", "Your proposed upload exceeds the maximum allowed size")
-        path = self._state.place_file(part, "objects", *issued.key.split("/"))
-        received = ReceivedFile(
-            issued.flow,
-            part.filename,
-            part.size,
-            part.sha256,
-            path,
-            dict(form.fields),
-            form.part_order,
-            dict(request.headers),
-        )
+        received = self._state.receive(issued.flow, part, form, request, "objects", *issued.key.split("/"))
         with self._state.lock:
             self._state.objects[issued.key] = received
             self._state.add_received(received)

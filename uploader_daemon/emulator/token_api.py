@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 import uuid
 
-from uploader_daemon.emulator.models import ReceivedFile
 from uploader_daemon.emulator.multipart import MultipartError
 from uploader_daemon.emulator.state import EmulatorState, safe_filename
 from uploader_daemon.emulator.tokens import numeric_date
@@ -57,19 +56,10 @@ class TokenApi:
         try:
             if not form.files:
                 raise json_error(400, "the form has no file part")
-            part = form.files[0]
             upload_id = str(uuid.uuid4())
-            path = self._state.place_file(part, "envio", upload_id, safe_filename(part.filename))
-            received = ReceivedFile(
-                FLOW,
-                part.filename,
-                part.size,
-                part.sha256,
-                path,
-                dict(form.fields),
-                form.part_order,
-                dict(request.headers),
-            )
+            part = form.files[0]
+            name = safe_filename(part.filename)
+            received = self._state.receive(FLOW, part, form, request, "envio", upload_id, name)
             with self._state.lock:
                 self._state.add_received(received)
                 self._state.counters["uploads"] += 1
