@@ -110,21 +110,28 @@ class Daemon:
 
     async def shutdown(self) -> None:
         _notify_systemd("STOPPING=1")
-        log.info("daemon_stopping", grace=self.config.shutdown_grace)
+        grace = self.config.shutdown_grace
+        log.info("daemon_stopping", grace=grace)
         self._scheduler.shutdown()
-        await self._scheduler.finish_running(self.config.shutdown_grace)
         for service in self.services:
             service.stop_watching()
-        stopping = asyncio.gather(*(service.stop(self.config.shutdown_grace) for service in self.services))
+        # A job under way (a token refresh) and the in-flight uploads share one grace period.
+        stopping = asyncio.gather(
+            self._scheduler.finish_running(grace), *(service.stop(grace) for service in self.services)
+        )
         forced = asyncio.ensure_future(self._forced.wait())
         waiters: list[asyncio.Future[Any]] = [stopping, forced]
         await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
         if not stopping.done():
+            self._scheduler.abort_running()
             for service in self.services:
                 service.abort()
         with contextlib.suppress(asyncio.CancelledError):
             await stopping
         forced.cancel()
+        # Only now: a refresh that was still running needed the HTTP clients.
+        for service in self.services:
+            await service.close()
         await self._release()
         log.info("daemon_stopped")
 

@@ -26,7 +26,7 @@ class Scheduler:
     """A thin, typed face over APScheduler's ``AsyncIOScheduler``."""
 
     def __init__(self) -> None:
-        self._running: set[asyncio.Task[object]] = set()
+        self._running: set[asyncio.Task[None]] = set()
         self._scheduler = AsyncIOScheduler(
             timezone=datetime.UTC,
             job_defaults={
@@ -47,9 +47,17 @@ class Scheduler:
             self._scheduler.shutdown(wait=False)
 
     async def finish_running(self, timeout: float) -> None:
-        """Let jobs that are mid-way (a token refresh) complete, for at most ``timeout``."""
+        """Let jobs that are mid-way (a token refresh) complete, for at most ``timeout``;
+        then cut off what is left."""
         if self._running:
-            await asyncio.wait(list(self._running), timeout=timeout)
+            _, late = await asyncio.wait(list(self._running), timeout=timeout)
+            for task in late:
+                task.cancel()
+
+    def abort_running(self) -> None:
+        """Cut off jobs that are mid-way now (a second stop signal)."""
+        for task in self._running:
+            task.cancel()
 
     def every(self, job_id: str, seconds: float, job: Job) -> None:
         """Run ``job`` every ``seconds``, first one interval from now."""
@@ -71,19 +79,31 @@ class Scheduler:
 
 
     def _guarded(self, job_id: str, job: Job) -> Callable[[], Awaitable[None]]:
-        """Wrap a job so that an exception is logged and the next tick still comes."""
+        """Wrap a job so that an exception is logged and the next tick still comes.
+
+        The job runs as a task of its own: APScheduler's shutdown cancels the jobs it is
+        running, which would cut a token refresh off mid-request (and log the
+        cancellation as an error with a traceback). Shielded, the job goes on, and
+        :meth:`finish_running` gives it the shutdown grace period.
+        """
 
         async def run() -> None:
-            task = asyncio.current_task()
-            if task is not None:
-                self._running.add(task)
+            work = asyncio.ensure_future(self._logged(job_id, job))
+            self._running.add(work)
+            work.add_done_callback(self._running.discard)
             try:
-                await job()
-            except Exception as error:
-                log.error("scheduled_job_failed", job=job_id, error=str(error), error_type=type(error).__name__)
-                log.debug("scheduled_job_traceback", job=job_id, exc_info=True)
-            finally:
-                if task is not None:
-                    self._running.discard(task)
+                await asyncio.shield(work)
+            except asyncio.CancelledError:
+                if work.done():
+                    raise
+                # The scheduler is shutting down; finish_running() now owns the job.
 
         return run
+
+    @staticmethod
+    async def _logged(job_id: str, job: Job) -> None:
+        try:
+            await job()
+        except Exception as error:
+            log.error("scheduled_job_failed", job=job_id, error=str(error), error_type=type(error).__name__)
+            log.debug("scheduled_job_traceback", job=job_id, exc_info=True)

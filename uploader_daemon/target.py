@@ -37,7 +37,7 @@ class TargetService:
         )
         self.workers = TargetWorkers(
             target=settings, journal=journal, clock=clock, credential=self.credential,
-            activity=self.activity, client=self.client,
+            activity=self.activity, client=self.client, redactor=redactor,
         )
         self.activity.watch_queue(self.workers.files_waiting)
         self.watcher = FolderWatcher(settings, offer=self.workers.offer, already_handled=self._already_handled)
@@ -75,8 +75,11 @@ class TargetService:
         self.watcher.stop()
 
     async def stop(self, grace: float) -> None:
-        """Stop workers (in-flight uploads get ``grace`` seconds) and close the client."""
+        """Stop workers (in-flight uploads get ``grace`` seconds)."""
         await self.workers.stop(grace)
+
+    async def close(self) -> None:
+        """Close the HTTP client (after :meth:`stop`, and after scheduled jobs ended)."""
         await self.client.aclose()
 
     def abort(self) -> None:

@@ -23,6 +23,7 @@ import datetime
 import stat
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -44,7 +45,7 @@ from uploader_daemon.errors import (
 )
 from uploader_daemon.file_moves import archive, fail
 from uploader_daemon.journal import FileRecord, Journal
-from uploader_daemon.logs import get_logger
+from uploader_daemon.logs import Redactor, get_logger
 
 log = get_logger(__name__)
 
@@ -61,8 +62,11 @@ class TargetWorkers:
         credential: Credential,
         activity: ApiActivity,
         client: httpx.AsyncClient,
+        redactor: Redactor | None = None,
     ) -> None:
         self._target = target
+        # The sidecar quotes the server's answer, which may echo the token it was sent.
+        self._redactor = redactor or Redactor()
         self._journal = journal
         self._clock = clock
         self._credential = credential
@@ -289,7 +293,7 @@ class TargetWorkers:
 
     def _give_up(self, record: FileRecord, error: DeliveryError, *, attempts: int) -> None:
         now = self._clock.now()
-        report = {
+        report: dict[str, Any] = {
             "target": self._target.name,
             "file": record.path,
             "failed_at": datetime.datetime.fromtimestamp(now, datetime.UTC).isoformat(timespec="seconds"),
@@ -300,6 +304,7 @@ class TargetWorkers:
             "body_excerpt": error.body_excerpt,
             "details": getattr(error, "details", None),
         }
+        report = dict(self._redactor(None, "sidecar", report))
         source = self._target.folder / record.path
         try:
             destination: str | None = str(fail(source, self._target.failed_dir, record.path, report))
