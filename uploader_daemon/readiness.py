@@ -8,6 +8,10 @@ and mtime then stayed the same for ``settle``. A file being written is never off
 - closed after writing, renamed into the folder, or found by a scan: *settling*; offered
   once (size, mtime) held still for ``settle`` (at once when ``settle`` is 0);
 - metadata changed while settling (``touch``, ``chmod``): the settle period restarts;
+- a file found by a scan has no close event to vouch for it (it may have been open for
+  writing before the watch began), so it must hold still for at least
+  ``SCAN_SETTLE`` even when ``settle`` is 0; a writer still at work touches it within
+  that time, and inotify then parks it as *writing*;
 - a file stuck in *writing* whose (size, mtime) did not change between two scans is
   treated as closed: the close event was lost (inotify queue overflow) or never came
   (a hard link, a directory moved in). This is the rescan's backstop.
@@ -24,11 +28,15 @@ from dataclasses import dataclass, field
 
 Snapshot = tuple[int, int]  # (size, mtime_ns)
 
+# How long a file found by a scan must hold still when nothing saw its writer close it.
+SCAN_SETTLE = 2.0
+
 
 @dataclass
 class _Entry:
     writing: bool
     snapshot: Snapshot | None = None
+    at_least: float = 0.0  # SCAN_SETTLE when no close event vouches for the file
     seen_by_scan: Snapshot | None = None
     timer: asyncio.TimerHandle | None = field(default=None, repr=False)
 
@@ -73,14 +81,20 @@ class ReadinessTracker:
         self.written(path)
 
     def appeared(self, path: str) -> None:
-        """A file seen for the first time without a write event: settle it on (size, mtime)."""
+        """A file seen without a close event (polling, a directory that appeared).
+
+        It settles on (size, mtime) for at least ``SCAN_SETTLE``; a file already tracked
+        keeps its state.
+        """
         if path not in self._entries:
-            self.closed(path)
+            entry = self._entries[path] = _Entry(writing=False, at_least=SCAN_SETTLE)
+            self._start_settling(path, entry)
 
     def closed(self, path: str) -> None:
         """The writer closed the file, or it was renamed in: start settling."""
         entry = self._entries.setdefault(path, _Entry(writing=False))
         entry.writing = False
+        entry.at_least = 0.0  # the writer is done: settle alone decides
         self._start_settling(path, entry)
 
     def touched(self, path: str) -> None:
@@ -104,7 +118,7 @@ class ReadinessTracker:
         """A scan found the file (start-up, periodic rescan, a directory appearing)."""
         entry = self._entries.get(path)
         if entry is None:
-            entry = self._entries[path] = _Entry(writing=False)
+            entry = self._entries[path] = _Entry(writing=False, at_least=SCAN_SETTLE)
             self._start_settling(path, entry, snapshot)
             return
         if entry.writing:
@@ -125,10 +139,11 @@ class ReadinessTracker:
         if entry.snapshot is None:
             self.removed(path)
             return
-        if self._settle <= 0:
+        period = max(self._settle, entry.at_least)
+        if period <= 0:
             self._ready(path)
             return
-        entry.timer = self._loop.call_later(self._settle, self._check, path)
+        entry.timer = self._loop.call_later(period, self._check, path)
 
     def _check(self, path: str) -> None:
         entry = self._entries.get(path)

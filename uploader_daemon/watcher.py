@@ -210,12 +210,12 @@ class FolderWatcher:
             elif self.events_have_close:
                 tracker.created(source)
             else:
-                tracker.closed(source)
+                tracker.appeared(source)
         elif isinstance(event, FileModifiedEvent):
             if self.events_have_close:
                 tracker.written(source)
             else:
-                tracker.closed(source)  # polling: no close will come; settle on (size, mtime)
+                tracker.appeared(source)  # polling: no close will come; settle on (size, mtime)
 
     def _scan_directory(self, relative_dir: str) -> None:
         assert self._loop is not None

@@ -43,7 +43,7 @@ from uploader_daemon.errors import (
     PermanentDeliveryError,
     TransientDeliveryError,
 )
-from uploader_daemon.file_moves import archive, fail
+from uploader_daemon.file_moves import CopyNeededError, archive, fail
 from uploader_daemon.journal import FileRecord, Journal
 from uploader_daemon.logs import Redactor, get_logger
 
@@ -221,7 +221,6 @@ class TargetWorkers:
             )
 
         started = self._clock.now()
-        self._journal.start(record.id, started)
         bound.debug("delivery_started", attempt=record.attempts + 1, size=facts.size)
         try:
             await self._delivery.run(record, context)
@@ -240,9 +239,9 @@ class TargetWorkers:
         except DeliveryError as error:
             self._retry(record, error)
             return
-        self._journal.delivered(record.id, self._clock.now())
+        # The journal says "delivered" from here on (the last step's checkpoint).
         self._activity.touch()
-        await self._file_away(self._journal.get(record.id), duration=self._clock.now() - started)
+        await self._file_away(record, duration=self._clock.now() - started)
 
     # --- outcomes --------------------------------------------------------------------
 
@@ -254,7 +253,7 @@ class TargetWorkers:
         try:
             if action.action == "archive":
                 assert action.archive_dir is not None
-                destination = str(await asyncio.to_thread(archive, path, action.archive_dir, record.path))
+                destination = str(await self._archive(path, action.archive_dir, record.path))
             elif action.action == "delete":
                 path.unlink()
                 destination = "deleted"
@@ -275,6 +274,14 @@ class TargetWorkers:
             "file_delivered", file=record.path, size=record.size, after_upload=action.action,
             destination=destination, seconds=round(duration, 3) if duration is not None else None,
         )
+
+    @staticmethod
+    async def _archive(path: Path, archive_dir: Path, relative_path: str) -> Path:
+        """Archive with a hard link on the loop (microseconds); a copy goes to a thread."""
+        try:
+            return archive(path, archive_dir, relative_path, allow_copy=False)
+        except CopyNeededError:
+            return await asyncio.to_thread(archive, path, archive_dir, relative_path)
 
     def _retry(self, record: FileRecord, error: DeliveryError, *, logged: bool = False) -> None:
         attempts = self._journal.retry_later(record.id, error.message, error.status, self._clock.now())

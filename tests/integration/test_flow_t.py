@@ -181,6 +181,28 @@ def test_half_written_file_is_uploaded_only_after_its_writer_closes_it(
     assert len(first_half + second_half) == emulator.received[1].size
 
 
+def test_file_being_written_when_the_daemon_starts_waits_for_its_writer(
+    emulator: Emulator, folders: dict[str, Path]
+) -> None:
+    """A file opened before the watch began is not sent while its writer keeps writing."""
+    first_half, second_half = b"a" * 1000, b"b" * 1000
+
+    with (folders["drop"] / "export.csv").open("wb") as writer:
+        writer.write(first_half)
+        writer.flush()
+        with running_daemon(flow_t_config(emulator, folders)):
+            (folders["drop"] / "marker.csv").write_text("m")
+            assert uploads_received(emulator, 1)
+            assert ["marker.csv"] == received_names(emulator)
+            writer.write(second_half)
+            writer.flush()
+            writer.close()
+            assert uploads_received(emulator, 2)
+
+    assert ["marker.csv", "export.csv"] == received_names(emulator)
+    assert sha256(first_half + second_half) == emulator.received[1].sha256
+
+
 def test_file_renamed_in_from_a_part_name_is_uploaded_under_its_final_name_only(
     emulator: Emulator, folders: dict[str, Path]
 ) -> None:

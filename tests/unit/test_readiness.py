@@ -11,7 +11,7 @@ from typing import Any, cast
 
 import pytest
 
-from uploader_daemon.readiness import ReadinessTracker, Snapshot
+from uploader_daemon.readiness import SCAN_SETTLE, ReadinessTracker, Snapshot
 
 SETTLE = 2.0
 
@@ -248,3 +248,46 @@ def test_directory_removal_forgets_everything_below_it(
     tracker.removed_below("sub")
     timers.advance(SETTLE)
     assert ["subway.csv"] == offered
+
+
+def test_a_scanned_file_holds_still_for_the_scan_minimum_even_with_zero_settle(
+    timers: FakeTimers, folder: Folder, offered: list[str]
+) -> None:
+    """A file found by a scan may have been open before the watch began: it waits SCAN_SETTLE."""
+    tracker = make_tracker(timers, folder, offered, settle=0)
+    folder.write("found.csv", 10, 1)
+    tracker.scanned("found.csv", (10, 1))
+    assert [] == offered
+    timers.advance(SCAN_SETTLE)
+    assert ["found.csv"] == offered
+
+
+def test_a_writer_still_at_work_on_a_scanned_file_parks_it_until_closed(
+    timers: FakeTimers, folder: Folder, offered: list[str]
+) -> None:
+    """A write seen during the scan minimum means a writer has it open: wait for its close."""
+    tracker = make_tracker(timers, folder, offered, settle=0)
+    folder.write("export.csv", 1000, 1)
+    tracker.scanned("export.csv", (1000, 1))
+    timers.advance(SCAN_SETTLE / 2)
+    folder.write("export.csv", 2000, 2)
+    tracker.written("export.csv")
+    timers.advance(SCAN_SETTLE * 10)
+    assert [] == offered
+    tracker.closed("export.csv")
+    assert ["export.csv"] == offered
+
+
+def test_a_file_seen_without_a_close_event_settles_for_the_scan_minimum(
+    timers: FakeTimers, folder: Folder, offered: list[str]
+) -> None:
+    """Polling and appearing directories give no close event: the scan minimum applies."""
+    tracker = make_tracker(timers, folder, offered, settle=0)
+    folder.write("polled.csv", 5, 1)
+    tracker.appeared("polled.csv")
+    timers.advance(SCAN_SETTLE - 0.1)
+    folder.write("polled.csv", 6, 2)  # still growing, no event (NFS)
+    timers.advance(0.2)
+    assert [] == offered
+    timers.advance(SCAN_SETTLE)
+    assert ["polled.csv"] == offered

@@ -59,7 +59,7 @@ class Delivery:
         self._clock = clock
 
     async def run(self, record: FileRecord, make_context: Callable[[dict[str, object]], StepContext]) -> None:
-        """Run the remaining steps of ``record``.
+        """Run the remaining steps of ``record``; the journal then says ``delivered``.
 
         ``make_context(values)`` builds the step context from the template values of
         the steps completed so far. Raises from the error tree on failure; the journal
@@ -68,11 +68,15 @@ class Delivery:
         index = resume_point(self.steps, record.next_step, record.step_in_flight)
         outputs: dict[str, object] = dict(record.outputs) if index > 0 else {}
         bound = log.bind(target=record.target, file=record.path)
-        if index == 0 and (record.next_step > 0 or record.step_in_flight is not None):
+        if index == 0 and (record.next_step > 0 or (record.step_in_flight or 0) > 0):
+            # Only worth saying when progress is thrown away; retrying step 0 is a retry.
             bound.info("delivery_starting_over",
                        reason="an earlier attempt stopped at a step that must not repeat")
         elif index > 0:
             bound.info("delivery_resuming", step=self.steps[index].name if index < len(self.steps) else None)
+        if index >= len(self.steps):
+            self._journal.delivered(record.id, self._clock.now())
+            return
         restarts = 0
         while index < len(self.steps):
             step = self.steps[index]
