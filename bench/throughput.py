@@ -94,22 +94,23 @@ targets:
         encoding="utf-8",
     )
     log = (root / "daemon.log").open("w")
-    profile = ["-m", "cProfile", "-o", os.environ["BENCH_PROFILE"]] if os.environ.get("BENCH_PROFILE") else []
-    process = subprocess.Popen([sys.executable, *profile, "-m", "uploader_daemon", "run", "--config", str(config)],
+    command = ["-m", "uploader_daemon", "run", "--config", str(config)]
+    if os.environ.get("BENCH_PROFILE"):  # e.g. BENCH_PROFILE="-m cProfile -o /tmp/daemon.prof"
+        command = [*os.environ["BENCH_PROFILE"].split(), *command]
+    process = subprocess.Popen([sys.executable, *command],
                                stdout=log, stderr=subprocess.STDOUT)
     try:
         while "daemon_started" not in (root / "daemon.log").read_text():
             time.sleep(0.01)
         started = time.monotonic()
+        cpu_before = _cpu_seconds(process.pid)
         for path in staging.iterdir():
             path.rename(drop / path.name)
         sent = root / "sent"
         while not sent.exists() or len(os.listdir(sent)) < count:
             time.sleep(0.005)
         elapsed = time.monotonic() - started
-        fields = Path(f"/proc/{process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        ticks = os.sysconf("SC_CLK_TCK")
-        DAEMON_CPU.append((int(fields[11]) + int(fields[12])) / ticks)
+        DAEMON_CPU.append(_cpu_seconds(process.pid) - cpu_before)
         return elapsed
     finally:
         process.terminate()
@@ -117,6 +118,12 @@ targets:
         log.close()
         if os.environ.get("BENCH_KEEP_LOG"):
             print((root / "daemon.log").read_text()[-20000:], file=sys.stderr)
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (all its threads)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def main() -> None:

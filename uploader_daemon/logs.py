@@ -48,6 +48,7 @@ class Redactor:
 
     def __init__(self, secrets: Iterable[str] = ()) -> None:
         self._secrets: set[str] = set()
+        self._longest_first: list[str] = []
         for secret in secrets:
             self.add(secret)
 
@@ -55,10 +56,12 @@ class Redactor:
         """Register a secret value (a token as soon as it is obtained)."""
         if len(secret) >= _MIN_SECRET_LENGTH:
             self._secrets.add(secret)
+            self._longest_first = sorted(self._secrets, key=len, reverse=True)
 
     def discard(self, secret: str) -> None:
         """Forget a secret that can no longer be used (a replaced token)."""
         self._secrets.discard(secret)
+        self._longest_first = sorted(self._secrets, key=len, reverse=True)
 
     def __call__(self, logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
         for key in list(event_dict):
@@ -67,7 +70,7 @@ class Redactor:
 
     def scrub(self, text: str) -> str:
         """Return ``text`` with every known and recognisable credential replaced."""
-        for secret in sorted(self._secrets, key=len, reverse=True):
+        for secret in self._longest_first:  # longest first: a secret may contain another
             if secret in text:
                 text = text.replace(secret, REDACTED)
         if "eyJ" in text:

@@ -16,6 +16,7 @@ daemon itself writes into.
 from __future__ import annotations
 
 import asyncio
+import collections
 import fnmatch
 import os
 import stat
@@ -61,6 +62,7 @@ class FolderWatcher:
     ) -> None:
         self._target = target
         self._folder = str(target.folder)
+        self._prefix = self._folder.rstrip(os.sep) + os.sep
         self._offer = offer
         self._already_handled = already_handled
         self._own_folders = {str(path) for path in target.output_folders.values()}
@@ -70,6 +72,8 @@ class FolderWatcher:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._log = log.bind(target=target.name)
         self.events_have_close = False
+        self._pending_events: collections.deque[FileSystemEvent] = collections.deque()
+        self._drain_scheduled = False
 
     def start(self) -> None:
         """Start the observer (must be called from the event loop's thread)."""
@@ -156,14 +160,27 @@ class FolderWatcher:
         return InotifyObserver(generate_full_events=True)
 
     def post(self, event: FileSystemEvent) -> None:
-        """Called in watchdog's thread: queue the event for the loop thread."""
+        """Called in watchdog's thread: queue the event for the loop thread.
+
+        Events are batched: a burst of them costs one loop wake-up, not one each.
+        """
         loop = self._loop
         if loop is None:
             return
+        self._pending_events.append(event)
+        if self._drain_scheduled:
+            return
+        self._drain_scheduled = True
         try:
-            loop.call_soon_threadsafe(self._event, event)
+            loop.call_soon_threadsafe(self._drain_events)
         except RuntimeError:
-            pass  # the loop closed during shutdown; the event no longer matters
+            pass  # the loop closed during shutdown; the events no longer matter
+
+    def _drain_events(self) -> None:
+        # Clear the flag first: an event appended after this point schedules a new drain.
+        self._drain_scheduled = False
+        while self._pending_events:
+            self._event(self._pending_events.popleft())
 
     def _event(self, event: FileSystemEvent) -> None:
         """Handle one watchdog event on the loop thread."""
@@ -233,7 +250,10 @@ class FolderWatcher:
     # --- what counts as a candidate --------------------------------------------------
 
     def _relative(self, path: str | bytes) -> str:
+        """The path relative to the drop folder ("." for the folder, "" if outside it)."""
         text = os.fsdecode(path)
+        if text.startswith(self._prefix):
+            return text[len(self._prefix):]  # watchdog reports absolute paths under the folder
         if not text:
             return ""
         relative = os.path.relpath(text, self._folder)

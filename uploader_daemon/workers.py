@@ -116,7 +116,8 @@ class TargetWorkers:
         )
         if record is None or record.id in self._scheduled:
             return
-        self._log.info("file_queued", file=relative_path, size=info.st_size)
+        # Debug: at info, file_delivered (or a warning) is the one line per file.
+        self._log.debug("file_queued", file=relative_path, size=info.st_size)
         self._enqueue(record.id, relative_path)
 
     def is_scheduled(self, relative_path: str) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import mimetypes
 from dataclasses import dataclass
@@ -26,8 +27,8 @@ class FileFacts:
 
     @property
     def mime_type(self) -> str:
-        guessed, _ = mimetypes.guess_type(self.path.name, strict=False)
-        return guessed or "application/octet-stream"
+        # Keyed on the last two suffixes: ".tar.gz" is a tar archive, ".gz" alone is not.
+        return _mime_type("".join(PurePosixPath(self.path.name).suffixes[-2:]))
 
     def template_values(self) -> dict[str, object]:
         """The ``file`` namespace of templates."""
@@ -48,6 +49,12 @@ async def file_facts(path: Path, relative_path: str, *, with_sha256: bool) -> Fi
     size = path.stat().st_size
     digest = await asyncio.to_thread(_sha256, path) if with_sha256 else None
     return FileFacts(path=path, relative_path=relative_path, size=size, sha256=digest)
+
+
+@functools.lru_cache(maxsize=256)
+def _mime_type(suffix: str) -> str:
+    guessed, _ = mimetypes.guess_type(f"file{suffix}", strict=False)
+    return guessed or "application/octet-stream"
 
 
 def _sha256(path: Path) -> str:
