@@ -25,7 +25,8 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/mypy
-	$(BIN)/ruff check uploader_daemon tests
+	$(BIN)/ruff check uploader_daemon tests bench
+	$(BIN)/ruff format --check uploader_daemon tests bench
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -37,9 +37,20 @@ def free_port() -> int:
 def start_emulator(storage: Path) -> tuple[subprocess.Popen[str], str]:
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "uploader_daemon.emulator", "--port", str(port), "--storage-dir", str(storage),
-         "--user", f"bench:{PASSWORD}"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [
+            sys.executable,
+            "-m",
+            "uploader_daemon.emulator",
+            "--port",
+            str(port),
+            "--storage-dir",
+            str(storage),
+            "--user",
+            f"bench:{PASSWORD}",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     assert process.stdout is not None
     url = process.stdout.readline().strip()
@@ -56,8 +67,9 @@ async def bare_client(url: str, files: list[Path], concurrency: int) -> float:
         async def send(path: Path) -> None:
             async with gate:
                 with path.open("rb") as handle:
-                    response = await client.post(f"{url}/api/envio", headers=headers,
-                                                 files={"file": (path.name, handle)})
+                    response = await client.post(
+                        f"{url}/api/envio", headers=headers, files={"file": (path.name, handle)}
+                    )
                 response.raise_for_status()
 
         started = time.monotonic()
@@ -97,8 +109,7 @@ targets:
     command = ["-m", "uploader_daemon", "run", "--config", str(config)]
     if os.environ.get("BENCH_PROFILE"):  # e.g. BENCH_PROFILE="-m cProfile -o /tmp/daemon.prof"
         command = [*os.environ["BENCH_PROFILE"].split(), *command]
-    process = subprocess.Popen([sys.executable, *command],
-                               stdout=log, stderr=subprocess.STDOUT)
+    process = subprocess.Popen([sys.executable, *command], stdout=log, stderr=subprocess.STDOUT)
     try:
         while "daemon_started" not in (root / "daemon.log").read_text():
             time.sleep(0.01)
@@ -127,7 +138,9 @@ def _cpu_seconds(pid: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--files", type=int, default=1000)
     parser.add_argument("--size", type=int, default=1000, help="bytes per file")
     parser.add_argument("--concurrency", type=int, default=8)
@@ -145,14 +158,20 @@ def main() -> None:
                 path.write_bytes(os.urandom(arguments.size))
                 files.append(path)
             bare = asyncio.run(bare_client(url, files, arguments.concurrency))
-            ours = daemon(url, root / "daemon", arguments.files, arguments.size, arguments.concurrency) \
-                if (root / "daemon").mkdir() is None else 0.0
+            ours = (
+                daemon(url, root / "daemon", arguments.files, arguments.size, arguments.concurrency)
+                if (root / "daemon").mkdir() is None
+                else 0.0
+            )
         finally:
             emulator.terminate()
             emulator.wait(30)
     result = {
-        "files": arguments.files, "size": arguments.size, "concurrency": arguments.concurrency,
-        "bare_seconds": round(bare, 3), "daemon_seconds": round(ours, 3),
+        "files": arguments.files,
+        "size": arguments.size,
+        "concurrency": arguments.concurrency,
+        "bare_seconds": round(bare, 3),
+        "daemon_seconds": round(ours, 3),
         "bare_files_per_second": round(arguments.files / bare, 1),
         "daemon_files_per_second": round(arguments.files / ours, 1),
         "ratio": round(ours / bare, 2),

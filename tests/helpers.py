@@ -151,7 +151,9 @@ class DaemonProcess:
         self._log_file = log_path.open("ab")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "uploader_daemon", "run", "--config", str(config_path)],
-            stdout=self._log_file, stderr=subprocess.STDOUT, env=environment,
+            stdout=self._log_file,
+            stderr=subprocess.STDOUT,
+            env=environment,
         )
 
     @property
@@ -161,8 +163,9 @@ class DaemonProcess:
     def wait_for_log(self, text: str, timeout: float = DEFAULT_TIMEOUT) -> None:
         wait_until(lambda: text in self.output or self.process.poll() is not None, timeout, f"log {text!r}")
         if text not in self.output:
-            raise AssertionError(f"the daemon exited ({self.process.returncode}) before logging {text!r}:\n"
-                                 f"{self.output}")
+            raise AssertionError(
+                f"the daemon exited ({self.process.returncode}) before logging {text!r}:\n{self.output}"
+            )
 
     def signal(self, signum: int = signal.SIGTERM) -> None:
         self.process.send_signal(signum)

@@ -68,8 +68,11 @@ def _parser() -> argparse.ArgumentParser:
 
     check = commands.add_parser("check-config", help="validate the config; exit 0 if good, 2 if not")
     check.add_argument("--config", type=Path, help=config_help)
-    check.add_argument("--show-steps", action="store_true",
-                       help="print each target's delivery as the full list of HTTP steps")
+    check.add_argument(
+        "--show-steps",
+        action="store_true",
+        help="print each target's delivery as the full list of HTTP steps",
+    )
     check.set_defaults(handler=_check_config)
 
     status = commands.add_parser("status", help="show files pending, uploading, done and failed per target")
@@ -101,8 +104,12 @@ def _run(arguments: argparse.Namespace) -> int:
         log.error("cannot_start", error=str(error), exit_code=error.exit_code)
         return error.exit_code
     except Exception as error:
-        log.critical("daemon_crashed", error=str(error), error_type=type(error).__name__,
-                     hint="this is a bug; run with log.level debug for the traceback and report it")
+        log.critical(
+            "daemon_crashed",
+            error=str(error),
+            error_type=type(error).__name__,
+            hint="this is a bug; run with log.level debug for the traceback and report it",
+        )
         log.debug("daemon_crash_traceback", exc_info=True)
         return EXIT_INTERNAL_ERROR
 
@@ -115,7 +122,9 @@ def _check_config(arguments: argparse.Namespace) -> int:
         steps = " -> ".join(f"{step.name} ({step.kind})" for step in target.steps)
         print(f"  {target.name}: {target.folder} -> {target.api.base_url} [{target.auth.type}] {steps}")
         if arguments.show_steps:
-            dumped = [step.model_dump(mode="json", by_alias=True, exclude_defaults=True) for step in target.steps]
+            dumped = [
+                step.model_dump(mode="json", by_alias=True, exclude_defaults=True) for step in target.steps
+            ]
             for line in yaml.safe_dump(dumped, sort_keys=False).splitlines():
                 print(f"      {line}")
     return EXIT_OK

@@ -92,12 +92,22 @@ class Daemon:
         self._state.lock()
         self._journal = Journal.open(self._state.journal_path)
         recovered = self._journal.recover_interrupted(self._clock.now())
-        log.info("daemon_starting", version=__version__, targets=[t.name for t in self.config.targets],
-                 state_dir=str(self.config.state_dir), interrupted_deliveries=recovered)
+        log.info(
+            "daemon_starting",
+            version=__version__,
+            targets=[t.name for t in self.config.targets],
+            state_dir=str(self.config.state_dir),
+            interrupted_deliveries=recovered,
+        )
         self._scheduler.start()
         for settings in self.config.targets:
-            service = TargetService(settings, journal=self._journal, tokens_dir=self._state.tokens_dir,
-                                    clock=self._clock, redactor=self._redactor)
+            service = TargetService(
+                settings,
+                journal=self._journal,
+                tokens_dir=self._state.tokens_dir,
+                clock=self._clock,
+                redactor=self._redactor,
+            )
             self.services.append(service)
             await service.start(self._scheduler)
         self._scheduler.every("journal:prune", _DAY, self._prune_journal)

@@ -20,7 +20,7 @@ from uploader_daemon.emulator import Emulator, EmulatorSettings
 from uploader_daemon.logs import Redactor, configure_logging
 from uploader_daemon.secrets import secret_values
 
-DEMO_PASSWORD = "demo-password"  # noqa: S105 -- the emulator's throwaway demo account
+DEMO_PASSWORD = "demo-password"
 TOKEN_LIFETIME = 6.0
 DEADLINE = 30.0
 
@@ -55,7 +55,8 @@ def run_demo(files: int = 5) -> int:
         )
         with Emulator(settings) as emulator:
             config = parse_config(
-                _CONFIG.format(root=root, base_url=emulator.base_url), "demo config",
+                _CONFIG.format(root=root, base_url=emulator.base_url),
+                "demo config",
                 {"DEMO_PASSWORD": DEMO_PASSWORD},
             )
             redactor = Redactor(secret_values(config))
@@ -125,14 +126,17 @@ def _summary(emulator: Emulator, root: Path, files: int, seconds: float) -> None
     print("=== uploader-daemon demo summary ===")
     print(f"logged in:         {counters['logins']} time(s)")
     print(f"token refreshed:   {counters['refreshes']} time(s) (only while the API was in use)")
-    print(f"uploaded:          {len(emulator.received)} of {files} file(s): "
-          + ", ".join(sorted(f.name for f in emulator.received)))
+    print(
+        f"uploaded:          {len(emulator.received)} of {files} file(s): "
+        + ", ".join(sorted(f.name for f in emulator.received))
+    )
     print(f"archived:          {len(archived)} file(s) in {root / 'sent'}")
     print(f"expired tokens sent: {counters['expired_token_uses']}")
     print(f"took:              {seconds:.1f}s")
-    print("result:            " + ("OK" if len(archived) == files and counters["refreshes"] else "INCOMPLETE"))
+    print(
+        "result:            " + ("OK" if len(archived) == files and counters["refreshes"] else "INCOMPLETE")
+    )
 
 
 def _say(message: str) -> None:
     print(f"demo: {message}", file=sys.stdout, flush=True)
-

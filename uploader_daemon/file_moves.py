@@ -60,10 +60,13 @@ def archive(source: Path, archive_dir: Path, relative_path: str, *, allow_copy: 
 def fail(source: Path, failed_dir: Path, relative_path: str, report: dict[str, Any]) -> Path:
     """Move a file that cannot be delivered to ``failed_dir`` with a ``.error.json`` beside it."""
     relative = PurePosixPath(relative_path)
-    destination = place(source, failed_dir.joinpath(*relative.parts[:-1]), relative.name,
-                        keep_free=(".error.json",))
-    write_atomically(destination.with_name(destination.name + ".error.json"),
-                     json.dumps(report, indent=2, default=str) + "\n")
+    destination = place(
+        source, failed_dir.joinpath(*relative.parts[:-1]), relative.name, keep_free=(".error.json",)
+    )
+    write_atomically(
+        destination.with_name(destination.name + ".error.json"),
+        json.dumps(report, indent=2, default=str) + "\n",
+    )
     return destination
 
 
@@ -87,8 +90,13 @@ def _candidates(name: str) -> Iterator[str]:
     # "archive.tar.gz" -> "archive.1.tar.gz": the counter goes before a compound suffix,
     # but only a real one: "backup.2024-01-01.gz" -> "backup.2024-01-01.1.gz".
     compound = pure.suffixes[-2:] if len(pure.suffixes) > 1 else []
-    suffixes = "".join(compound) if compound and compound[0].lower() == ".tar" and compound[1].lower() in (
-        ".gz", ".bz2", ".xz", ".zst") else pure.suffix
+    suffixes = (
+        "".join(compound)
+        if compound
+        and compound[0].lower() == ".tar"
+        and compound[1].lower() in (".gz", ".bz2", ".xz", ".zst")
+        else pure.suffix
+    )
     stem = name[: len(name) - len(suffixes)] if suffixes else name
     for counter in range(1, _MAX_CANDIDATES):
         yield f"{stem}.{counter}{suffixes}"
@@ -103,7 +111,9 @@ def _link_or_copy(source: Path, destination: Path, allow_copy: bool) -> None:
         if error.errno not in _NO_HARD_LINK:
             raise
         if not allow_copy:
-            raise CopyNeededError(error.errno, f"{destination.parent} needs a copy: {error.strerror}") from None
+            raise CopyNeededError(
+                error.errno, f"{destination.parent} needs a copy: {error.strerror}"
+            ) from None
         # Another filesystem, or one without hard links: copy beside the destination,
         # then claim the final name without overwriting.
         temporary = destination.with_name(f".{destination.name}.{uuid.uuid4().hex[:8]}.tmp")
@@ -122,4 +132,3 @@ def _link_or_copy(source: Path, destination: Path, allow_copy: bool) -> None:
         finally:
             with contextlib.suppress(FileNotFoundError):
                 temporary.unlink()
-

@@ -128,16 +128,23 @@ def check_status(
     if status == 401 and credentialed:
         raise AuthRejectedError(
             f"step {step}: the API answered 401 Unauthorized; the token was refused",
-            step=step, status=status, body_excerpt=body,
+            step=step,
+            status=status,
+            body_excerpt=body,
         )
     if status in _RETRYABLE_STATUSES or status >= 500:
         raise TransientDeliveryError(
             f"step {step}: the server answered {status}{_reason_phrase(response)}{detail}",
-            step=step, status=status, body_excerpt=body, retry_after=retry_after(response),
+            step=step,
+            status=status,
+            body_excerpt=body,
+            retry_after=retry_after(response),
         )
     raise PermanentDeliveryError(
         f"step {step}: the server refused the request with {status}{_reason_phrase(response)}{detail}",
-        step=step, status=status, body_excerpt=body,
+        step=step,
+        status=status,
+        body_excerpt=body,
     )
 
 
@@ -188,7 +195,9 @@ def same_origin(url: str, origin: tuple[str, str, int | None]) -> bool:
         return False
     scheme, host, origin_port = origin
     return (parts.scheme, parts.hostname or "", _effective_port(parts.scheme, port)) == (
-        scheme, host.lower(), _effective_port(scheme, origin_port)
+        scheme,
+        host.lower(),
+        _effective_port(scheme, origin_port),
     )
 
 

@@ -170,9 +170,21 @@ class Journal:
         )
         assert cursor.lastrowid is not None
         return FileRecord(
-            id=cursor.lastrowid, target=target, path=path, size=size, mtime_ns=mtime_ns, state="pending",
-            attempts=0, next_step=0, step_in_flight=None, outputs={}, last_error=None, last_status=None,
-            destination=None, discovered_at=now, updated_at=now,
+            id=cursor.lastrowid,
+            target=target,
+            path=path,
+            size=size,
+            mtime_ns=mtime_ns,
+            state="pending",
+            attempts=0,
+            next_step=0,
+            step_in_flight=None,
+            outputs={},
+            last_error=None,
+            last_status=None,
+            destination=None,
+            discovered_at=now,
+            updated_at=now,
         )
 
     def is_active(self, target: str, path: str) -> bool:
@@ -241,16 +253,20 @@ class Journal:
         that commit on it is never sent again.
         """
         if last:
-            self._update(record_id, now, state="delivered", next_step=step + 1, step_in_flight=None,
-                         outputs=json.dumps(outputs))
+            self._update(
+                record_id,
+                now,
+                state="delivered",
+                next_step=step + 1,
+                step_in_flight=None,
+                outputs=json.dumps(outputs),
+            )
         else:
             self._update(record_id, now, next_step=step + 1, step_in_flight=None, outputs=json.dumps(outputs))
 
     def resume_at(self, record_id: int, step: int, outputs: dict[str, Any], now: float) -> None:
         """Set where the next attempt starts (0 with no outputs: from the beginning)."""
-        self._update(
-            record_id, now, next_step=step, step_in_flight=None, outputs=json.dumps(outputs)
-        )
+        self._update(record_id, now, next_step=step, step_in_flight=None, outputs=json.dumps(outputs))
 
     def retry_later(self, record_id: int, error: str, status: int | None, now: float) -> int:
         """Count a failed attempt and put the file back to pending; returns the attempt count."""
@@ -285,8 +301,9 @@ class Journal:
         """The after_upload action is applied (``destination`` is None when kept)."""
         self._update(record_id, now, state="done", destination=destination, last_error=None)
 
-    def failed(self, record_id: int, error: str, status: int | None, destination: str | None,
-               now: float) -> None:
+    def failed(
+        self, record_id: int, error: str, status: int | None, destination: str | None, now: float
+    ) -> None:
         """Given up: the file was moved to ``destination`` in failed_dir."""
         self._update(
             record_id, now, state="failed", last_error=error, last_status=status, destination=destination

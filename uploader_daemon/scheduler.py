@@ -61,22 +61,23 @@ class Scheduler:
 
     def every(self, job_id: str, seconds: float, job: Job) -> None:
         """Run ``job`` every ``seconds``, first one interval from now."""
-        self._scheduler.add_job(self._guarded(job_id, job), "interval", seconds=seconds, id=job_id,
-                                replace_existing=True)
+        self._scheduler.add_job(
+            self._guarded(job_id, job), "interval", seconds=seconds, id=job_id, replace_existing=True
+        )
 
     def at(self, job_id: str, when: float, job: Job) -> None:
         """Run ``job`` once at wall time ``when`` (at once if that has passed)."""
         moment = datetime.datetime.fromtimestamp(when, datetime.UTC)
         now = datetime.datetime.now(datetime.UTC)
-        self._scheduler.add_job(self._guarded(job_id, job), "date", run_date=max(moment, now), id=job_id,
-                                replace_existing=True)
+        self._scheduler.add_job(
+            self._guarded(job_id, job), "date", run_date=max(moment, now), id=job_id, replace_existing=True
+        )
 
     def next_run(self, job_id: str) -> float | None:
         job = self._scheduler.get_job(job_id)
         if job is None or job.next_run_time is None:
             return None
         return float(job.next_run_time.timestamp())
-
 
     def _guarded(self, job_id: str, job: Job) -> Callable[[], Awaitable[None]]:
         """Wrap a job so that an exception is logged and the next tick still comes.

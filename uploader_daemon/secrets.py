@@ -53,9 +53,7 @@ def resolve_secret(raw: object, environ: Mapping[str, str]) -> Secret:
             raise ValueError("is empty; write the secret, or {env: NAME}, {file: PATH} or {credential: NAME}")
         return Secret(raw)
     if not isinstance(raw, Mapping) or len(raw) != 1:
-        raise ValueError(
-            "must be a string, or exactly one of {env: NAME}, {file: PATH}, {credential: NAME}"
-        )
+        raise ValueError("must be a string, or exactly one of {env: NAME}, {file: PATH}, {credential: NAME}")
     ((kind, name),) = raw.items()
     if kind not in SOURCE_KINDS:
         raise ValueError(f"unknown secret source {kind!r}; use env, file or credential")

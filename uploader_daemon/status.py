@@ -36,7 +36,9 @@ def collect_status(config: Config) -> list[TargetStatus]:
     state = StateDir(config.state_dir)
     journal_path = state.journal_path
     if not config.state_dir.exists():
-        raise StateDirError(f"{config.state_dir} does not exist: the daemon has not run with this state_dir yet")
+        raise StateDirError(
+            f"{config.state_dir} does not exist: the daemon has not run with this state_dir yet"
+        )
     try:
         journal_path.stat()
     except PermissionError:
@@ -66,9 +68,8 @@ def render_status(statuses: list[TargetStatus], as_json: bool) -> str:
     lines = []
     for status in statuses:
         lines.append(f"{status.name}  ({status.folder})")
-        lines.append(
-            f"  pending {status.pending}   uploading {status.uploading}   done {status.done}   failed {status.failed}"
-        )
+        counts = f"pending {status.pending}   uploading {status.uploading}   done {status.done}"
+        lines.append(f"  {counts}   failed {status.failed}")
         lines.append(f"  token expires: {status.token_expires_at or 'no token held'}")
         if status.last_error:
             lines.append(f"  last error ({status.last_error_at}): {status.last_error}")

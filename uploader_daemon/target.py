@@ -25,22 +25,39 @@ class TargetService:
     """Everything that runs for one target, started and stopped together."""
 
     def __init__(
-        self, settings: TargetSettings, *, journal: Journal, tokens_dir: Path, clock: Clock, redactor: Redactor
+        self,
+        settings: TargetSettings,
+        *,
+        journal: Journal,
+        tokens_dir: Path,
+        clock: Clock,
+        redactor: Redactor,
     ) -> None:
         self.settings = settings
         self._journal = journal
         self.client = build_client(settings.api, settings.concurrency)
         self.activity = ApiActivity(clock)
         self.credential = build_credential(
-            settings, client=self.client, clock=clock, activity=self.activity, tokens_dir=tokens_dir,
+            settings,
+            client=self.client,
+            clock=clock,
+            activity=self.activity,
+            tokens_dir=tokens_dir,
             redactor=redactor,
         )
         self.workers = TargetWorkers(
-            target=settings, journal=journal, clock=clock, credential=self.credential,
-            activity=self.activity, client=self.client, redactor=redactor,
+            target=settings,
+            journal=journal,
+            clock=clock,
+            credential=self.credential,
+            activity=self.activity,
+            client=self.client,
+            redactor=redactor,
         )
         self.activity.watch_queue(self.workers.files_waiting)
-        self.watcher = FolderWatcher(settings, offer=self.workers.offer, already_handled=self._already_handled)
+        self.watcher = FolderWatcher(
+            settings, offer=self.workers.offer, already_handled=self._already_handled
+        )
         self.workers.on_changed = self.watcher.resettle
 
     async def start(self, scheduler: Scheduler) -> None:
@@ -56,7 +73,9 @@ class TargetService:
                 ) from None
         credential = self.credential
         if isinstance(credential, ManagedTokenCredential):
-            credential.on_new_token(lambda when: scheduler.at(f"{name}:token-due", when, credential.renew_if_due))
+            credential.on_new_token(
+                lambda when: scheduler.at(f"{name}:token-due", when, credential.renew_if_due)
+            )
         credential.restore()
         if credential.check_every is not None:
             scheduler.every(f"{name}:token-check", credential.check_every, credential.renew_if_due)
@@ -66,9 +85,15 @@ class TargetService:
         self.watcher.start()
         started = time.monotonic()
         found = await self.watcher.scan()
-        log.info("watching", target=name, folder=str(self.settings.folder), files_found=found,
-                 recursive=self.settings.recursive, mode="poll" if self.settings.watch.poll else "events",
-                 scan_ms=round((time.monotonic() - started) * 1000, 1))
+        log.info(
+            "watching",
+            target=name,
+            folder=str(self.settings.folder),
+            files_found=found,
+            recursive=self.settings.recursive,
+            mode="poll" if self.settings.watch.poll else "events",
+            scan_ms=round((time.monotonic() - started) * 1000, 1),
+        )
         scheduler.every(f"{name}:rescan", self.settings.watch.rescan_every, self.watcher.scan)
 
     def stop_watching(self) -> None:

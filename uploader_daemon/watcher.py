@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import fnmatch
 import os
 import stat
@@ -46,8 +47,15 @@ from uploader_daemon.readiness import ReadinessTracker, Snapshot
 log = get_logger(__name__)
 
 _EVENTS = [
-    FileCreatedEvent, FileModifiedEvent, FileClosedEvent, FileAttribEvent, FileMovedEvent,
-    FileDeletedEvent, DirCreatedEvent, DirMovedEvent, DirDeletedEvent,
+    FileCreatedEvent,
+    FileModifiedEvent,
+    FileClosedEvent,
+    FileAttribEvent,
+    FileMovedEvent,
+    FileDeletedEvent,
+    DirCreatedEvent,
+    DirMovedEvent,
+    DirDeletedEvent,
 ]
 
 
@@ -103,8 +111,12 @@ class FolderWatcher:
         try:
             found = await asyncio.to_thread(self._list_files, self._folder)
         except OSError as error:
-            self._log.error("scan_failed", folder=self._folder, error=error.strerror or str(error),
-                            hint="check that the drop folder exists and is readable")
+            self._log.error(
+                "scan_failed",
+                folder=self._folder,
+                error=error.strerror or str(error),
+                hint="check that the drop folder exists and is readable",
+            )
             return 0
         return self._consider(found)
 
@@ -134,8 +146,12 @@ class FolderWatcher:
             if self._target.watch.poll:
                 raise
             # inotify watch limits (ENOSPC) or an unsupported filesystem: keep working.
-            self._log.warning("inotify_unavailable", error=str(error), action="polling instead",
-                              hint="raise fs.inotify.max_user_watches or set watch.poll: true")
+            self._log.warning(
+                "inotify_unavailable",
+                error=str(error),
+                action="polling instead",
+                hint="raise fs.inotify.max_user_watches or set watch.poll: true",
+            )
             observer = PollingObserver(timeout=self._target.watch.poll_interval)
             observer.schedule(handler, self._folder, recursive=self._target.recursive, event_filter=_EVENTS)
             observer.start()
@@ -171,10 +187,9 @@ class FolderWatcher:
         if self._drain_scheduled:
             return
         self._drain_scheduled = True
-        try:
+        # RuntimeError: the loop closed during shutdown; the events no longer matter.
+        with contextlib.suppress(RuntimeError):
             loop.call_soon_threadsafe(self._drain_events)
-        except RuntimeError:
-            pass  # the loop closed during shutdown; the events no longer matter
 
     def _drain_events(self) -> None:
         # Clear the flag first: an event appended after this point schedules a new drain.
@@ -205,8 +220,11 @@ class FolderWatcher:
             return
         if isinstance(event, DirDeletedEvent):
             if source == ".":
-                self._log.error("drop_folder_removed", folder=self._folder,
-                                hint="recreate it; the next rescan resumes watching")
+                self._log.error(
+                    "drop_folder_removed",
+                    folder=self._folder,
+                    hint="recreate it; the next rescan resumes watching",
+                )
             tracker.removed_below(source)
         elif isinstance(event, DirCreatedEvent):
             if self._wanted_directory(source):
@@ -253,7 +271,7 @@ class FolderWatcher:
         """The path relative to the drop folder ("." for the folder, "" if outside it)."""
         text = os.fsdecode(path)
         if text.startswith(self._prefix):
-            return text[len(self._prefix):]  # watchdog reports absolute paths under the folder
+            return text[len(self._prefix) :]  # watchdog reports absolute paths under the folder
         if not text:
             return ""
         relative = os.path.relpath(text, self._folder)
@@ -272,8 +290,11 @@ class FolderWatcher:
         if os.path.islink(full):
             if relative_path not in self._warned_symlinks:
                 self._warned_symlinks.add(relative_path)
-                self._log.warning("symlink_skipped", file=relative_path,
-                                  reason="symlinks are never followed out of a drop folder")
+                self._log.warning(
+                    "symlink_skipped",
+                    file=relative_path,
+                    reason="symlinks are never followed out of a drop folder",
+                )
             return False
         return True
 
@@ -298,12 +319,13 @@ class FolderWatcher:
                         info = entry.stat(follow_symlinks=False)
                     except FileNotFoundError:
                         continue
+                    # Symlinks go to _wanted_file too: it warns about them once.
+                    file_like = stat.S_ISREG(info.st_mode) or stat.S_ISLNK(info.st_mode)
                     if stat.S_ISDIR(info.st_mode):
                         if self._wanted_directory(relative):
                             pending.append(entry.path)
-                    elif stat.S_ISREG(info.st_mode) or stat.S_ISLNK(info.st_mode):
-                        if self._wanted_file(relative):
-                            found.append((relative, (info.st_size, info.st_mtime_ns)))
+                    elif file_like and self._wanted_file(relative):
+                        found.append((relative, (info.st_size, info.st_mtime_ns)))
         return found
 
     def _snapshot(self, relative_path: str) -> Snapshot | None:
@@ -328,4 +350,6 @@ class _Forwarder(FileSystemEventHandler):
 
 def _matches(name: str, relative_path: str, patterns: tuple[str, ...]) -> bool:
     """Glob match on the name, or on the relative path for patterns with a ``/``."""
-    return any(fnmatch.fnmatchcase(relative_path if "/" in pattern else name, pattern) for pattern in patterns)
+    return any(
+        fnmatch.fnmatchcase(relative_path if "/" in pattern else name, pattern) for pattern in patterns
+    )

@@ -143,7 +143,8 @@ class TargetWorkers:
             for task in late:
                 record_id = self._workers.get(task)
                 self._log.warning(
-                    "upload_abandoned", file=self._scheduled.get(record_id) if record_id else None,
+                    "upload_abandoned",
+                    file=self._scheduled.get(record_id) if record_id else None,
                     reason="shutdown grace period over; it stays pending for the next start",
                 )
                 task.cancel()
@@ -217,8 +218,13 @@ class TargetWorkers:
         def context(outputs: dict[str, object]) -> StepContext:
             values = {"file": facts.template_values(), "target": target_values, **outputs}
             return StepContext(
-                client=self._client, base_url=self._target.api.base_url, origin=self._target.api.origin,
-                credential=self._credential, activity=self._activity, file=facts, values=values,
+                client=self._client,
+                base_url=self._target.api.base_url,
+                origin=self._target.api.origin,
+                credential=self._credential,
+                activity=self._activity,
+                file=facts,
+                values=values,
             )
 
         started = self._clock.now()
@@ -230,8 +236,13 @@ class TargetWorkers:
             self._wait_for_login(record, error)
             return
         except AuthRejectedError as error:
-            bound.error("upload_unauthorized", status=401, step=error.step, attempt=record.attempts + 1,
-                        action="token discarded; retrying after a fresh login")
+            bound.error(
+                "upload_unauthorized",
+                status=401,
+                step=error.step,
+                attempt=record.attempts + 1,
+                action="token discarded; retrying after a fresh login",
+            )
             self._retry(record, error, logged=True)
             return
         except PermanentDeliveryError as error:
@@ -263,7 +274,10 @@ class TargetWorkers:
         except OSError as error:
             delay = backoff_delay(1, self._target.retry.backoff, self._target.retry.max_backoff)
             self._log.error(
-                "after_upload_failed", file=record.path, action=action.action, error=str(error),
+                "after_upload_failed",
+                file=record.path,
+                action=action.action,
+                error=str(error),
                 hint="the file was delivered and will not be sent again; fix the folder permissions",
                 retry_in=round(delay, 1),
             )
@@ -272,8 +286,12 @@ class TargetWorkers:
         self._journal.done(record.id, destination, self._clock.now())
         self._unschedule(record.id)
         self._log.info(
-            "file_delivered", file=record.path, size=record.size, after_upload=action.action,
-            destination=destination, seconds=round(duration, 3) if duration is not None else None,
+            "file_delivered",
+            file=record.path,
+            size=record.size,
+            after_upload=action.action,
+            destination=destination,
+            seconds=round(duration, 3) if duration is not None else None,
         )
 
     @staticmethod
@@ -290,12 +308,19 @@ class TargetWorkers:
             self._give_up(self._journal.get(record.id), error, attempts=attempts)
             return
         retry_after = error.retry_after if isinstance(error, TransientDeliveryError) else None
-        delay = backoff_delay(attempts, self._target.retry.backoff, self._target.retry.max_backoff,
-                              retry_after=retry_after)
+        delay = backoff_delay(
+            attempts, self._target.retry.backoff, self._target.retry.max_backoff, retry_after=retry_after
+        )
         if not logged:
             self._log.warning(
-                "delivery_failed", file=record.path, step=error.step, status=error.status, error=error.message,
-                attempt=attempts, attempts_left=self._target.retry.attempts - attempts, retry_in=round(delay, 1),
+                "delivery_failed",
+                file=record.path,
+                step=error.step,
+                status=error.status,
+                error=error.message,
+                attempt=attempts,
+                attempts_left=self._target.retry.attempts - attempts,
+                retry_in=round(delay, 1),
             )
         self._later(record.id, record.path, delay)
 
@@ -320,13 +345,22 @@ class TargetWorkers:
             destination = "vanished"
         except OSError as move_error:
             destination = None
-            self._log.error("failed_dir_unusable", file=record.path, error=str(move_error),
-                            hint="the file stays in the drop folder and will not be retried until it changes")
+            self._log.error(
+                "failed_dir_unusable",
+                file=record.path,
+                error=str(move_error),
+                hint="the file stays in the drop folder and will not be retried until it changes",
+            )
         self._journal.failed(record.id, error.message, error.status, destination, now)
         self._unschedule(record.id)
         self._log.error(
-            "file_failed", file=record.path, step=error.step, status=error.status, error=error.message,
-            attempts=attempts, destination=destination,
+            "file_failed",
+            file=record.path,
+            step=error.step,
+            status=error.status,
+            error=error.message,
+            attempts=attempts,
+            destination=destination,
         )
 
     def _after_internal_error(self, record_id: int, error: Exception) -> None:
@@ -364,4 +398,3 @@ class TargetWorkers:
         timer = self._timers.pop(record_id, None)
         if timer is not None:
             timer.cancel()
-

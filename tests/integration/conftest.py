@@ -76,7 +76,8 @@ def new_cognito_pool(moto_url: str) -> Callable[..., CognitoPool]:
         client = cognito_client(moto_url, region)
         pool_id = client.create_user_pool(PoolName=f"pool-{uuid.uuid4().hex[:8]}")["UserPool"]["Id"]
         client_id = client.create_user_pool_client(
-            UserPoolId=pool_id, ClientName="uploader-daemon",
+            UserPoolId=pool_id,
+            ClientName="uploader-daemon",
             ExplicitAuthFlows=["ALLOW_USER_SRP_AUTH", "ALLOW_REFRESH_TOKEN_AUTH"],
         )["UserPoolClient"]["ClientId"]
         client.admin_create_user(UserPoolId=pool_id, Username=COGNITO_USER, MessageAction="SUPPRESS")

@@ -34,16 +34,22 @@ SECRET_ACCESS_KEY = "testing"
 def cognito_client(moto_url: str, region: str = "us-east-1") -> Any:
     """A boto3 cognito-idp client on moto."""
     return boto3.client(
-        "cognito-idp", endpoint_url=moto_url, region_name=region,
-        aws_access_key_id=ACCESS_KEY_ID, aws_secret_access_key=SECRET_ACCESS_KEY,
+        "cognito-idp",
+        endpoint_url=moto_url,
+        region_name=region,
+        aws_access_key_id=ACCESS_KEY_ID,
+        aws_secret_access_key=SECRET_ACCESS_KEY,
     )
 
 
 def s3_client(moto_url: str) -> Any:
     """A boto3 S3 client on moto that signs presigned POSTs with SigV4, path-style."""
     return boto3.client(
-        "s3", endpoint_url=moto_url, region_name="us-east-1",
-        aws_access_key_id=ACCESS_KEY_ID, aws_secret_access_key=SECRET_ACCESS_KEY,
+        "s3",
+        endpoint_url=moto_url,
+        region_name="us-east-1",
+        aws_access_key_id=ACCESS_KEY_ID,
+        aws_secret_access_key=SECRET_ACCESS_KEY,
         config=Config(signature_version="s3v4", s3={"addressing_style": "path"}),
     )
 
@@ -68,7 +74,7 @@ def token_in(authorization: str | None) -> str | None:
     """The access token of an ``Authorization: TOK:<token>`` value, else ``None``."""
     if authorization is None or not authorization.startswith(TOKEN_PREFIX):
         return None
-    return authorization[len(TOKEN_PREFIX):] or None
+    return authorization[len(TOKEN_PREFIX) :] or None
 
 
 class Gateway:
@@ -81,8 +87,9 @@ class Gateway:
         self._calls: list[GatewayCall] = []
         self._lock = threading.Lock()
         self._server = _Server(("127.0.0.1", 0), self)
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
-                                        name="gateway", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="gateway", daemon=True
+        )
 
     @property
     def url(self) -> str:

@@ -40,8 +40,9 @@ targets:
 """
 
 
-def uploader_daemon(*arguments: str, env: Mapping[str, str] | None = None,
-                    timeout: float = COMMAND_TIMEOUT) -> subprocess.CompletedProcess[str]:
+def uploader_daemon(
+    *arguments: str, env: Mapping[str, str] | None = None, timeout: float = COMMAND_TIMEOUT
+) -> subprocess.CompletedProcess[str]:
     """Run `python -m uploader_daemon ARGUMENTS` and capture its output."""
     environment = {**os.environ, **ENVIRON}
     environment.pop("UPLOADER_DAEMON_CONFIG", None)
@@ -49,13 +50,21 @@ def uploader_daemon(*arguments: str, env: Mapping[str, str] | None = None,
     environment.update(env or {})
     return subprocess.run(
         [sys.executable, "-m", "uploader_daemon", *arguments],
-        capture_output=True, text=True, env=environment, timeout=timeout, check=False,
+        capture_output=True,
+        text=True,
+        env=environment,
+        timeout=timeout,
+        check=False,
     )
 
 
 def good_config(path: Path, folders: dict[str, Path], base_url: str, **changes: Path) -> Path:
-    values = {"state": folders["state"], "drop": folders["drop"], "sent": folders["sent"],
-              "failed": folders["failed"]} | changes
+    values = {
+        "state": folders["state"],
+        "drop": folders["drop"],
+        "sent": folders["sent"],
+        "failed": folders["failed"],
+    } | changes
     return write_config(path, GOOD_CONFIG, base_url=base_url, **values)
 
 
@@ -91,7 +100,8 @@ def test_check_config_lists_every_problem_with_its_key_path_and_exits_2(tmp_path
               refresh: {{check_every: -5m}}
             upload: {{type: multipart, path: /api/envio}}
         """,
-        root=tmp_path, drop=drop,
+        root=tmp_path,
+        drop=drop,
     )
 
     result = uploader_daemon("check-config", "--config", str(config))
@@ -227,7 +237,11 @@ def test_status_json_is_valid_json_without_the_token(
     assert 0 == result.returncode
     [status] = json.loads(result.stdout)
     assert ("reports", 0, 0, 2, 1) == (
-        status["name"], status["pending"], status["uploading"], status["done"], status["failed"]
+        status["name"],
+        status["pending"],
+        status["uploading"],
+        status["done"],
+        status["failed"],
     )
     assert status["token_expires_at"]
     assert "400" in status["last_error"]

@@ -27,8 +27,15 @@ TARGET = "reports"
 CONCURRENCY = 4
 
 
-def process_config(path: Path, emulator: Emulator, folders: dict[str, Path], *, grace: str,
-                   level: str = "info", before_expiry: str = "5m") -> Path:
+def process_config(
+    path: Path,
+    emulator: Emulator,
+    folders: dict[str, Path],
+    *,
+    grace: str,
+    level: str = "info",
+    before_expiry: str = "5m",
+) -> Path:
     return write_config(
         path,
         """
@@ -51,8 +58,14 @@ def process_config(path: Path, emulator: Emulator, folders: dict[str, Path], *, 
               refresh: {{path: /auth/tokenRefresh, check_every: 1h, before_expiry: {before_expiry}}}
             upload: {{type: multipart, path: /api/envio, file_field: file}}
         """,
-        state=folders["state"], drop=folders["drop"], sent=folders["sent"], failed=folders["failed"],
-        base_url=emulator.base_url, grace=grace, level=level, concurrency=CONCURRENCY,
+        state=folders["state"],
+        drop=folders["drop"],
+        sent=folders["sent"],
+        failed=folders["failed"],
+        base_url=emulator.base_url,
+        grace=grace,
+        level=level,
+        concurrency=CONCURRENCY,
         before_expiry=before_expiry,
     )
 
@@ -205,10 +218,16 @@ def test_sigterm_during_a_token_refresh_lets_it_finish_within_the_grace_period(
     )
     with Emulator(settings) as emulator:
         # The token is due 0.5 s after login; its refresh takes a second to answer.
-        process_config(processes.config_path, emulator, folders, grace="3s", level="debug",
-                       before_expiry="2500ms")
-        emulator.script("GET", "/auth/tokenRefresh", ScriptedResponse(
-            200, {"access_token": "refreshed-token-0123456789", "expires_in": 60}, delay=1.0))
+        process_config(
+            processes.config_path, emulator, folders, grace="3s", level="debug", before_expiry="2500ms"
+        )
+        emulator.script(
+            "GET",
+            "/auth/tokenRefresh",
+            ScriptedResponse(
+                200, {"access_token": "refreshed-token-0123456789", "expires_in": 60}, delay=1.0
+            ),
+        )
         daemon = processes.start()
         daemon.wait_for_log('"daemon_started"')
         (folders["drop"] / "a.csv").write_text("a")

@@ -116,7 +116,10 @@ def test_example_t_token_api_delivers_a_file_end_to_end(tmp_path: Path, emu: Emu
 
     [received] = emu.received
     assert ("T", "report.csv", b"id,total\n1,42\n") == (
-        received.flow, received.name, received.path.read_bytes())
+        received.flow,
+        received.name,
+        received.path.read_bytes(),
+    )
     assert 1 == emu.counters["logins"]
 
 
@@ -126,18 +129,25 @@ def test_example_r_runrun_documents_delivers_a_file_end_to_end(tmp_path: Path, e
     example.target["api"]["base_url"] = emu.base_url
     example.target["upload"]["storage"]["url"] = emu.storage_url
     assert COMMON_CHANGES | {ARCHIVE, "targets[0].upload.storage.url"} == example.changed_keys()
-    config = example.config({"runrun_app_key": emu.settings.app_key,
-                             "runrun_user_token": emu.settings.user_token})
+    config = example.config(
+        {"runrun_app_key": emu.settings.app_key, "runrun_user_token": emu.settings.user_token}
+    )
     with running_daemon(config):
         example.drop("contract.pdf", b"%PDF contract")
         wait_for_file(example.paths["sent"] / "contract.pdf")
 
     [received] = emu.received
     assert ("R", b"%PDF contract", "201") == (
-        received.flow, received.path.read_bytes(), received.fields["success_action_status"])
+        received.flow,
+        received.path.read_bytes(),
+        received.fields["success_action_status"],
+    )
     assert ["123456"] == [record.query["task_id"] for record in emu.requests if record.path == "/documents"]
-    assert (1, 0, 0) == (emu.counters["documents_confirmed"], emu.counters["duplicate_confirms"],
-                         emu.counters["credential_leaks"])
+    assert (1, 0, 0) == (
+        emu.counters["documents_confirmed"],
+        emu.counters["duplicate_confirms"],
+        emu.counters["credential_leaks"],
+    )
 
 
 def test_example_p_presigned_status_delivers_a_file_end_to_end(tmp_path: Path, emu: Emulator) -> None:
@@ -149,8 +159,11 @@ def test_example_p_presigned_status_delivers_a_file_end_to_end(tmp_path: Path, e
     with running_daemon(config):
         example.drop("scan.pdf", b"%PDF scan")
         dropped = example.paths["drop"] / "scan.pdf"
-        wait_until(lambda: emu.counters["status_polls"] >= 1 and not dropped.exists(),
-                   TIMEOUT, "scan.pdf delivered and deleted")
+        wait_until(
+            lambda: emu.counters["status_polls"] >= 1 and not dropped.exists(),
+            TIMEOUT,
+            "scan.pdf delivered and deleted",
+        )
 
     [received] = emu.received
     assert ("P", b"%PDF scan") == (received.flow, received.path.read_bytes())
@@ -175,7 +188,11 @@ def test_example_c_conversion_tasks_delivers_a_file_end_to_end(tmp_path: Path, e
 
 
 def test_example_g_cognito_gateway_delivers_a_file_end_to_end(
-    tmp_path: Path, new_cognito_pool: Callable[..., CognitoPool], bucket: str, s3: Any, moto_url: str,
+    tmp_path: Path,
+    new_cognito_pool: Callable[..., CognitoPool],
+    bucket: str,
+    s3: Any,
+    moto_url: str,
     start_gateway: Callable[[str, str], Gateway],
 ) -> None:
     """``G-cognito-gateway.yaml``: SRP login on moto, gateway with ``TOK:``, object in S3."""
@@ -187,8 +204,16 @@ def test_example_g_cognito_gateway_delivers_a_file_end_to_end(
     stage = urlsplit(example.target["api"]["base_url"]).path
     example.target["api"]["base_url"] = gateway.url + stage
     auth.update(user_pool_id=pool.user_pool_id, client_id=pool.client_id, endpoint_url=moto_url)
-    assert COMMON_CHANGES | {ARCHIVE, "targets[0].auth.user_pool_id", "targets[0].auth.client_id",
-                             "targets[0].auth.endpoint_url"} == example.changed_keys()
+    assert (
+        COMMON_CHANGES
+        | {
+            ARCHIVE,
+            "targets[0].auth.user_pool_id",
+            "targets[0].auth.client_id",
+            "targets[0].auth.endpoint_url",
+        }
+        == example.changed_keys()
+    )
     config = example.config({"cognito_password": pool.password})
     with running_daemon(config):
         example.drop("goal.mp4", b"\x00\x00\x00\x18ftypmp42 goal")

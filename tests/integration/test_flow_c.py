@@ -51,8 +51,14 @@ CONFIG = """
 
 def config_for(emu: Emulator, folders: dict[str, Path], *, delete_task: bool = False) -> Config:
     return load(
-        CONFIG, {"CONVERTER_PASSWORD": PASSWORD}, state=folders["state"], drop=folders["drop"],
-        sent=folders["sent"], failed=folders["failed"], out=folders["out"], base_url=emu.base_url,
+        CONFIG,
+        {"CONVERTER_PASSWORD": PASSWORD},
+        state=folders["state"],
+        drop=folders["drop"],
+        sent=folders["sent"],
+        failed=folders["failed"],
+        out=folders["out"],
+        base_url=emu.base_url,
         delete_task="true" if delete_task else "false",
     )
 
@@ -81,14 +87,21 @@ def test_a_file_is_converted_and_the_result_saved_under_the_servers_name(
     assert logged_in_after + JWT_LIFETIME - 2 <= expires_at <= time.time() + JWT_LIFETIME
     [submitted] = emu.received
     assert ("C", "holiday.avi", "mp4") == (
-        submitted.flow, submitted.name, submitted.fields["conversion_type"])
+        submitted.flow,
+        submitted.name,
+        submitted.fields["conversion_type"],
+    )
     [login] = [record for record in emu.requests if record.path == "/api/auth/login"]
     task_calls = [record for record in emu.requests if record.path.startswith("/api/t")]
     assert 1 == len({record.authorization for record in task_calls})
     assert "Bearer ey" == (task_calls[0].authorization or "")[:9]
     counters = emu.counters
-    assert (1, 1, 3, 1) == (counters["logins"], counters["tasks_created"], counters["task_polls"],
-                            counters["downloads"])
+    assert (1, 1, 3, 1) == (
+        counters["logins"],
+        counters["tasks_created"],
+        counters["task_polls"],
+        counters["downloads"],
+    )
     assert "DELETE" not in {record.method for record in emu.requests}
     assert 200 == login.status
 
@@ -119,8 +132,11 @@ def test_a_task_that_ends_in_failure_moves_the_file_to_failed_dir_with_the_resul
         wait_for_files(folders["failed"], "reject-codec.avi", "reject-codec.avi.error.json")
 
     report = json.loads((folders["failed"] / "reject-codec.avi.error.json").read_text())
-    assert ("task", "{'error': 'unsupported codec'}", 1) == (report["step"], report["details"],
-                                                              report["attempts"])
+    assert ("task", "{'error': 'unsupported codec'}", 1) == (
+        report["step"],
+        report["details"],
+        report["attempts"],
+    )
     assert "'FAILURE'" in report["error"]
     assert b"odd codec" == (folders["failed"] / "reject-codec.avi").read_bytes()
     assert [] == list(folders["out"].iterdir())

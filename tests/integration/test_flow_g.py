@@ -55,14 +55,29 @@ CONFIG = """
 
 
 def config_for(
-    pool: CognitoPool, gateway: Gateway, moto_url: str, folders: dict[str, Path], *,
-    before_expiry: str = "5m", active_within: str = "30m",
+    pool: CognitoPool,
+    gateway: Gateway,
+    moto_url: str,
+    folders: dict[str, Path],
+    *,
+    before_expiry: str = "5m",
+    active_within: str = "30m",
 ) -> Config:
     return load(
-        CONFIG, {"COGNITO_PASSWORD": pool.password}, state=folders["state"], drop=folders["drop"],
-        sent=folders["sent"], failed=folders["failed"], base_url=gateway.url + STAGE, region=pool.region,
-        user_pool_id=pool.user_pool_id, client_id=pool.client_id, username=pool.username, moto_url=moto_url,
-        before_expiry=before_expiry, active_within=active_within,
+        CONFIG,
+        {"COGNITO_PASSWORD": pool.password},
+        state=folders["state"],
+        drop=folders["drop"],
+        sent=folders["sent"],
+        failed=folders["failed"],
+        base_url=gateway.url + STAGE,
+        region=pool.region,
+        user_pool_id=pool.user_pool_id,
+        client_id=pool.client_id,
+        username=pool.username,
+        moto_url=moto_url,
+        before_expiry=before_expiry,
+        active_within=active_within,
     )
 
 
@@ -81,8 +96,12 @@ def events(logs: Sequence[Mapping[str, Any]], name: str) -> list[Mapping[str, An
 
 
 def test_files_land_in_the_bucket_under_the_folder_with_identical_bytes(
-    new_cognito_pool: Callable[..., CognitoPool], bucket: str, s3: Any, moto_url: str,
-    start_gateway: Callable[[str, str], Gateway], folders: dict[str, Path],
+    new_cognito_pool: Callable[..., CognitoPool],
+    bucket: str,
+    s3: Any,
+    moto_url: str,
+    start_gateway: Callable[[str, str], Gateway],
+    folders: dict[str, Path],
 ) -> None:
     """SRP login once, ``TOK:<access token>`` on each gateway call, each object stored whole."""
     pool = new_cognito_pool()
@@ -99,7 +118,8 @@ def test_files_land_in_the_bucket_under_the_folder_with_identical_bytes(
         assert data == s3.get_object(Bucket=bucket, Key=f"video/{name}")["Body"].read()
     calls = gateway.calls
     assert sorted((STAGE + "/live/uploadclip/", name, "video", 200) for name in contents) == sorted(
-        (call.path, call.query.get("upload_key"), call.query.get("folder"), call.status) for call in calls)
+        (call.path, call.query.get("upload_key"), call.query.get("folder"), call.status) for call in calls
+    )
     tokens = {call.token for call in calls}
     assert 1 == len(tokens)
     [token] = tokens
@@ -123,8 +143,12 @@ class MovableClock:
 
 
 def test_a_renewal_tick_while_active_refreshes_with_the_refresh_token_and_the_new_token_is_used(
-    new_cognito_pool: Callable[..., CognitoPool], bucket: str, s3: Any, moto_url: str,
-    start_gateway: Callable[[str, str], Gateway], folders: dict[str, Path],
+    new_cognito_pool: Callable[..., CognitoPool],
+    bucket: str,
+    s3: Any,
+    moto_url: str,
+    start_gateway: Callable[[str, str], Gateway],
+    folders: dict[str, Path],
 ) -> None:
     """``REFRESH_TOKEN_AUTH`` (no second SRP login) gives a new access token, used by the next upload."""
     pool = new_cognito_pool()

@@ -43,13 +43,24 @@ CONFIG = """
 
 
 def config_for(
-    emu: Emulator, folders: dict[str, Path], *,
-    attempts: int = 3, interval: str = "20ms", deadline: str = "10s",
+    emu: Emulator,
+    folders: dict[str, Path],
+    *,
+    attempts: int = 3,
+    interval: str = "20ms",
+    deadline: str = "10s",
 ) -> Config:
     return load(
-        CONFIG, {"P_API_KEY": f"Bearer {API_KEY}"}, state=folders["state"], drop=folders["drop"],
-        sent=folders["sent"], failed=folders["failed"], base_url=emu.base_url, attempts=attempts,
-        interval=interval, deadline=deadline,
+        CONFIG,
+        {"P_API_KEY": f"Bearer {API_KEY}"},
+        state=folders["state"],
+        drop=folders["drop"],
+        sent=folders["sent"],
+        failed=folders["failed"],
+        base_url=emu.base_url,
+        attempts=attempts,
+        interval=interval,
+        deadline=deadline,
     )
 
 
@@ -86,9 +97,13 @@ def test_a_file_is_announced_stored_confirmed_and_polled_until_completed(
     assert "file" == stored.part_order[-1]
     assert "authorization" not in stored.headers
     counters = emu.counters
-    assert (1, 1, 0, 3, 0) == (counters["documents_created"], counters["documents_confirmed"],
-                               counters["duplicate_confirms"], counters["status_polls"],
-                               counters["credential_leaks"])
+    assert (1, 1, 0, 3, 0) == (
+        counters["documents_created"],
+        counters["documents_confirmed"],
+        counters["duplicate_confirms"],
+        counters["status_polls"],
+        counters["credential_leaks"],
+    )
 
 
 def test_a_file_the_server_reports_as_error_goes_to_failed_dir_with_the_servers_details(
@@ -127,5 +142,9 @@ def test_a_poll_deadline_overrun_is_retried_through_backoff_and_resumes_at_the_p
     assert "polls over 0.1s" in failures[0]["error"]
     assert [] == events(logs, "file_failed")
     counters = emu.counters
-    assert (1, 1, 0, 11) == (counters["documents_created"], counters["documents_confirmed"],
-                             counters["duplicate_confirms"], counters["status_polls"])
+    assert (1, 1, 0, 11) == (
+        counters["documents_created"],
+        counters["documents_confirmed"],
+        counters["duplicate_confirms"],
+        counters["status_polls"],
+    )

@@ -53,8 +53,15 @@ def config_for(
 ) -> Config:
     environ = {"RUNRUN_APP_KEY": emu.settings.app_key, "RUNRUN_USER_TOKEN": emu.settings.user_token}
     return load(
-        CONFIG, environ, state=folders["state"], drop=folders["drop"], sent=folders["sent"],
-        failed=folders["failed"], base_url=emu.base_url, storage_url=emu.storage_url, attempts=attempts,
+        CONFIG,
+        environ,
+        state=folders["state"],
+        drop=folders["drop"],
+        sent=folders["sent"],
+        failed=folders["failed"],
+        base_url=emu.base_url,
+        storage_url=emu.storage_url,
+        attempts=attempts,
         task=task,
     )
 
@@ -83,7 +90,9 @@ def events(logs: Sequence[Mapping[str, Any]], name: str) -> list[Mapping[str, An
     ("generation", "policy_fields"), [("v4", V4_FIELDS), ("v2", V2_FIELDS)], ids=["v4", "v2"]
 )
 def test_each_file_is_created_stored_with_every_returned_field_and_confirmed_once(
-    start_emulator: Callable[..., Emulator], folders: dict[str, Path], generation: str,
+    start_emulator: Callable[..., Emulator],
+    folders: dict[str, Path],
+    generation: str,
     policy_fields: set[str],
 ) -> None:
     """Create -> storage POST (all fields, 201, file last, no API header) -> mark_as_uploaded."""
@@ -108,13 +117,29 @@ def test_each_file_is_created_stored_with_every_returned_field_and_confirmed_onc
     assert [201, 201, 201] == [record.status for record in storage_requests(emu)]
     for record in api_requests(emu):
         assert (emu.settings.app_key, emu.settings.user_token) == (
-            record.headers.get("app-key"), record.headers.get("user-token"))
+            record.headers.get("app-key"),
+            record.headers.get("user-token"),
+        )
     assert ["77", "77", "77"] == [r.query.get("task_id") for r in api_requests(emu) if r.path == "/documents"]
     counters = emu.counters
-    assert {"documents_created": 3, "documents_confirmed": 3, "duplicate_confirms": 0, "storage_posts": 3,
-            "storage_rejections": 0, "credential_leaks": 0} == {
-        name: counters[name] for name in ("documents_created", "documents_confirmed", "duplicate_confirms",
-                                          "storage_posts", "storage_rejections", "credential_leaks")}
+    assert {
+        "documents_created": 3,
+        "documents_confirmed": 3,
+        "duplicate_confirms": 0,
+        "storage_posts": 3,
+        "storage_rejections": 0,
+        "credential_leaks": 0,
+    } == {
+        name: counters[name]
+        for name in (
+            "documents_created",
+            "documents_confirmed",
+            "duplicate_confirms",
+            "storage_posts",
+            "storage_rejections",
+            "credential_leaks",
+        )
+    }
     assert [] == list(folders["drop"].iterdir())
     assert [] == list(folders["failed"].iterdir())
 
@@ -147,8 +172,12 @@ def test_an_expired_upload_grant_restarts_from_the_first_step_and_the_file_is_de
 
     assert [403, 201] == [record.status for record in storage_requests(emu)]
     counters = emu.counters
-    assert (2, 1, 1, 0) == (counters["documents_created"], counters["storage_rejections"],
-                            counters["documents_confirmed"], counters["duplicate_confirms"])
+    assert (2, 1, 1, 0) == (
+        counters["documents_created"],
+        counters["storage_rejections"],
+        counters["documents_confirmed"],
+        counters["duplicate_confirms"],
+    )
     assert [b"late but whole"] == [item.path.read_bytes() for item in emu.received]
     assert ["store"] == [entry["step"] for entry in events(logs, "upload_grant_expired")]
     assert [] == events(logs, "delivery_failed") + events(logs, "file_failed")
@@ -177,14 +206,18 @@ def test_create_task_makes_a_task_per_file_and_attaches_each_document_to_its_tas
 @pytest.mark.parametrize(
     ("answer", "expected_error"),
     [
-        (ScriptedResponse(200, "<html><body>Maintenance</body></html>", {"Content-Type": "text/html"}),
-         "not JSON"),
+        (
+            ScriptedResponse(200, "<html><body>Maintenance</body></html>", {"Content-Type": "text/html"}),
+            "not JSON",
+        ),
         (ScriptedResponse(200, {"id": 5}), "no 'fields'"),
     ],
     ids=["html-instead-of-json", "json-without-fields"],
 )
 def test_a_bad_answer_to_create_is_logged_with_the_step_retried_then_failed_and_the_daemon_goes_on(
-    start_emulator: Callable[..., Emulator], folders: dict[str, Path], answer: ScriptedResponse,
+    start_emulator: Callable[..., Emulator],
+    folders: dict[str, Path],
+    answer: ScriptedResponse,
     expected_error: str,
 ) -> None:
     """A 200 that is HTML, or JSON without ``fields``: named in the log, retried, failed, kept."""
@@ -206,6 +239,9 @@ def test_a_bad_answer_to_create_is_logged_with_the_step_retried_then_failed_and_
     report = json.loads((folders["failed"] / "broken.pdf.error.json").read_text())
     assert ("create", 2) == (report["step"], report["attempts"])
     assert expected_error in report["error"]
-    assert (1, 1, 1) == (emu.counters["documents_created"], emu.counters["storage_posts"],
-                         emu.counters["documents_confirmed"])
+    assert (1, 1, 1) == (
+        emu.counters["documents_created"],
+        emu.counters["storage_posts"],
+        emu.counters["documents_confirmed"],
+    )
     assert [b"the daemon goes on"] == [item.path.read_bytes() for item in emu.received]

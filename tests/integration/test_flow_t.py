@@ -50,8 +50,13 @@ class FakeClock:
 def flow_t_config(emulator: Emulator, folders: dict[str, Path], **overrides: object) -> Config:
     """The core flow-T config on the test's folders; keyword arguments replace the defaults."""
     values: dict[str, object] = {
-        "concurrency": 4, "attempts": 5, "backoff": "100ms", "max_backoff": "1s",
-        "check_every": "1h", "before_expiry": "5m", "active_within": "30m",
+        "concurrency": 4,
+        "attempts": 5,
+        "backoff": "100ms",
+        "max_backoff": "1s",
+        "check_every": "1h",
+        "before_expiry": "5m",
+        "active_within": "30m",
     } | overrides
     return load(
         """
@@ -80,8 +85,12 @@ def flow_t_config(emulator: Emulator, folders: dict[str, Path], **overrides: obj
             upload: {{type: multipart, path: /api/envio, file_field: file}}
         """,
         ENVIRON,
-        state=folders["state"], drop=folders["drop"], sent=folders["sent"], failed=folders["failed"],
-        base_url=emulator.base_url, **values,
+        state=folders["state"],
+        drop=folders["drop"],
+        sent=folders["sent"],
+        failed=folders["failed"],
+        base_url=emulator.base_url,
+        **values,
     )
 
 
@@ -125,7 +134,9 @@ def fake_clock() -> FakeClock:
 def short_lived(tmp_path: Path, fake_clock: FakeClock) -> Iterator[Emulator]:
     """An emulator issuing 30-second tokens, judging expiry by the test's fake clock."""
     settings = EmulatorSettings(
-        storage_dir=tmp_path / "server", users={"uploader": PASSWORD}, token_lifetime=30.0,
+        storage_dir=tmp_path / "server",
+        users={"uploader": PASSWORD},
+        token_lifetime=30.0,
         clock=fake_clock.now,
     )
     with Emulator(settings) as running:
@@ -139,8 +150,9 @@ def test_many_files_arrive_intact_archived_and_done_with_one_login(
     emulator: Emulator, folders: dict[str, Path]
 ) -> None:
     """200 small files and three of 1-5 MB all arrive with the right sha256, archived, journal done."""
-    contents = {f"small-{number:03}.csv": f"id,value\n{number},{number * 7}\n".encode()
-                for number in range(200)}
+    contents = {
+        f"small-{number:03}.csv": f"id,value\n{number},{number * 7}\n".encode() for number in range(200)
+    }
     for megabytes in (1, 3, 5):
         contents[f"big-{megabytes}mb.bin"] = os.urandom(megabytes * 1024 * 1024)
 
@@ -393,14 +405,18 @@ def test_permanent_400_moves_the_file_to_failed_dir_with_a_sidecar_at_once(
     with running_daemon(flow_t_config(emulator, folders)) as runner:
         (folders["drop"] / "bad.csv").write_text("x")
         wait_until(lambda: counts(runner).failed == 1, TIMEOUT, "bad.csv failed")
-        assert TargetCounts(failed=1, last_error=counts(runner).last_error,
-                            last_error_at=counts(runner).last_error_at) == counts(runner)
+        assert TargetCounts(
+            failed=1, last_error=counts(runner).last_error, last_error_at=counts(runner).last_error_at
+        ) == counts(runner)
 
     assert ["bad.csv", "bad.csv.error.json"] == sorted(path.name for path in folders["failed"].iterdir())
     assert "x" == (folders["failed"] / "bad.csv").read_text()
     report = read_sidecar(folders, "bad.csv")
     assert (400, 1, TARGET, "bad.csv") == (
-        report["status"], report["attempts"], report["target"], report["file"]
+        report["status"],
+        report["attempts"],
+        report["target"],
+        report["file"],
     )
     assert "columns do not match" in report["body_excerpt"]
     assert report["failed_at"]

@@ -57,12 +57,17 @@ def cpu_seconds(pid: int) -> float:
 
 
 @pytest.fixture
-def daemon_process(
-    tmp_path: Path, folders: dict[str, Path], emulator: Emulator
-) -> Iterator[DaemonProcess]:
+def daemon_process(tmp_path: Path, folders: dict[str, Path], emulator: Emulator) -> Iterator[DaemonProcess]:
     config = write_config(
-        tmp_path / "config.yaml", CONFIG, state=folders["state"], drop=folders["drop"], sent=folders["sent"],
-        failed=folders["failed"], url=emulator.base_url, password=PASSWORD, concurrency=4,
+        tmp_path / "config.yaml",
+        CONFIG,
+        state=folders["state"],
+        drop=folders["drop"],
+        sent=folders["sent"],
+        failed=folders["failed"],
+        url=emulator.base_url,
+        password=PASSWORD,
+        concurrency=4,
     )
     process = DaemonProcess(config, tmp_path / "daemon.log")
     try:
@@ -128,9 +133,20 @@ def test_many_small_files_go_out_about_as_fast_as_a_bare_async_client(tmp_path: 
     count, concurrency = 300, 4
     storage = tmp_path / "server"
     server = subprocess.Popen(
-        [sys.executable, "-m", "uploader_daemon.emulator", "--port", "0", "--storage-dir", str(storage),
-         "--user", f"uploader:{PASSWORD}"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [
+            sys.executable,
+            "-m",
+            "uploader_daemon.emulator",
+            "--port",
+            "0",
+            "--storage-dir",
+            str(storage),
+            "--user",
+            f"uploader:{PASSWORD}",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     try:
         assert server.stdout is not None
@@ -167,8 +183,9 @@ def _bare_client_seconds(url: str, folder: Path, count: int, concurrency: int) -
             async def send(path: Path) -> None:
                 async with gate:
                     with path.open("rb") as handle:
-                        answer = await client.post(f"{url}/api/envio", headers=headers,
-                                                   files={"file": (path.name, handle)})
+                        answer = await client.post(
+                            f"{url}/api/envio", headers=headers, files={"file": (path.name, handle)}
+                        )
                     answer.raise_for_status()
 
             started = time.monotonic()
@@ -185,8 +202,15 @@ def _daemon_seconds(url: str, root: Path, count: int, concurrency: int) -> float
     for number in range(count):
         (staging / f"f{number:04}.dat").write_bytes(os.urandom(2048))
     config = write_config(
-        root / "config.yaml", CONFIG, state=root / "state", drop=drop, sent=sent, failed=root / "failed",
-        url=url, password=PASSWORD, concurrency=concurrency,
+        root / "config.yaml",
+        CONFIG,
+        state=root / "state",
+        drop=drop,
+        sent=sent,
+        failed=root / "failed",
+        url=url,
+        password=PASSWORD,
+        concurrency=concurrency,
     )
     process = DaemonProcess(config, root / "daemon.log")
     try:

@@ -53,11 +53,20 @@ def test_password_tokens_and_authorization_headers_never_appear_in_debug_json_lo
                     active_within: 1m
                 upload: {{type: multipart, path: /api/envio, file_field: file}}
             """,
-            state=state, drop=drop, sent=sent, failed=tmp_path / "failed", base_url=emulator.base_url,
+            state=state,
+            drop=drop,
+            sent=sent,
+            failed=tmp_path / "failed",
+            base_url=emulator.base_url,
         )
         # The first login is refused by an API that quotes what it was sent.
-        emulator.script("POST", "/auth/login", ScriptedResponse(
-            401, {"error": "bad credentials", "input": {"username": "uploader", "password": PASSWORD}}))
+        emulator.script(
+            "POST",
+            "/auth/login",
+            ScriptedResponse(
+                401, {"error": "bad credentials", "input": {"username": "uploader", "password": PASSWORD}}
+            ),
+        )
         daemon = DaemonProcess(config, tmp_path / "daemon.log", {"UPLOADER_PASSWORD": PASSWORD})
         try:
             daemon.wait_for_log('"daemon_started"')
@@ -71,7 +80,8 @@ def test_password_tokens_and_authorization_headers_never_appear_in_debug_json_lo
             assert authorization is not None
             token = authorization.removeprefix("Bearer ")
             emulator.script(
-                "POST", "/api/envio",
+                "POST",
+                "/api/envio",
                 ScriptedResponse(507, f"storage full; request had Authorization: {authorization}"),
                 ScriptedResponse(401, {"error": "token rejected", "token": token}),
             )
@@ -103,8 +113,16 @@ def test_password_tokens_and_authorization_headers_never_appear_in_debug_json_lo
     assert all({"timestamp", "level", "event"} <= set(entry) for entry in entries)
     assert {("timestamp", "level", "event")} == {tuple(entry)[:3] for entry in entries}
     events = {entry["event"] for entry in entries}
-    assert {"login_failed", "logged_in", "token_refreshed", "upload_unauthorized", "delivery_failed",
-            "after_upload_failed", "file_delivered", "daemon_stopped"} <= events
+    assert {
+        "login_failed",
+        "logged_in",
+        "token_refreshed",
+        "upload_unauthorized",
+        "delivery_failed",
+        "after_upload_failed",
+        "file_delivered",
+        "daemon_stopped",
+    } <= events
 
     authorizations = {record.authorization for record in requests if record.authorization}
     tokens = {value.removeprefix("Bearer ") for value in authorizations}
@@ -135,7 +153,10 @@ def test_failed_file_sidecar_does_not_quote_the_token_the_server_echoed(
             upload: {{type: multipart, path: /api/envio, file_field: file}}
         """,
         {"UPLOADER_PASSWORD": PASSWORD},
-        state=folders["state"], drop=folders["drop"], sent=folders["sent"], failed=folders["failed"],
+        state=folders["state"],
+        drop=folders["drop"],
+        sent=folders["sent"],
+        failed=folders["failed"],
         base_url=emulator.base_url,
     )
     with running_daemon(config):
@@ -143,8 +164,11 @@ def test_failed_file_sidecar_does_not_quote_the_token_the_server_echoed(
         assert emulator.wait_for(lambda emu: len(emu.received) == 1, TIMEOUT)
         authorization = emulator.requests[-1].authorization
         assert authorization is not None
-        emulator.script("POST", "/api/envio", ScriptedResponse(
-            400, {"error": "bad file", "request_headers": {"Authorization": authorization}}))
+        emulator.script(
+            "POST",
+            "/api/envio",
+            ScriptedResponse(400, {"error": "bad file", "request_headers": {"Authorization": authorization}}),
+        )
         (folders["drop"] / "bad.csv").write_text("x")
         sidecar = folders["failed"] / "bad.csv.error.json"
         wait_until(sidecar.exists, TIMEOUT, "bad.csv failed")

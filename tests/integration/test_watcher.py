@@ -40,7 +40,10 @@ def target(folders: dict[str, Path], **overrides: str) -> TargetSettings:
             upload: {{type: multipart}}
             {extra}
         """,
-        state=folders["state"], drop=folders["drop"], failed=folders["failed"], **settings,
+        state=folders["state"],
+        drop=folders["drop"],
+        failed=folders["failed"],
+        **settings,
     )
     return config.targets[0]
 

@@ -78,13 +78,19 @@ def moto_endpoint() -> Iterator[str]:
 def pool(moto_endpoint: str) -> UserPool:
     """Pools, app clients and users, created as an admin would with the AWS API."""
     admin: Any = boto3.client(
-        "cognito-idp", region_name=REGION, endpoint_url=moto_endpoint,
-        aws_access_key_id="testing", aws_secret_access_key="testing",
+        "cognito-idp",
+        region_name=REGION,
+        endpoint_url=moto_endpoint,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
     )
 
     def client(pool_id: str, name: str, *, secret: bool) -> dict[str, str]:
         created: dict[str, str] = admin.create_user_pool_client(
-            UserPoolId=pool_id, ClientName=name, GenerateSecret=secret, ExplicitAuthFlows=FLOWS,
+            UserPoolId=pool_id,
+            ClientName=name,
+            GenerateSecret=secret,
+            ExplicitAuthFlows=FLOWS,
         )["UserPoolClient"]
         return created
 
@@ -108,9 +114,13 @@ def pool(moto_endpoint: str) -> UserPool:
     user(email_pool_id, "carol@example.com")
 
     return UserPool(
-        endpoint=moto_endpoint, pool_id=pool_id, client_id=public["ClientId"],
-        secret_client_id=confidential["ClientId"], client_secret=confidential["ClientSecret"],
-        email_pool_id=email_pool_id, email_client_id=email_client["ClientId"],
+        endpoint=moto_endpoint,
+        pool_id=pool_id,
+        client_id=public["ClientId"],
+        secret_client_id=confidential["ClientId"],
+        client_secret=confidential["ClientSecret"],
+        email_pool_id=email_pool_id,
+        email_client_id=email_client["ClientId"],
         email_client_secret=email_client["ClientSecret"],
     )
 
@@ -118,8 +128,13 @@ def pool(moto_endpoint: str) -> UserPool:
 def settings(pool: UserPool, **overrides: Any) -> CognitoAuth:
     """``auth: {type: cognito}`` for alice on the public app client, with keys replaced."""
     raw: dict[str, Any] = {
-        "type": "cognito", "region": REGION, "user_pool_id": pool.pool_id, "client_id": pool.client_id,
-        "username": "alice", "password": {"env": "COGNITO_PASSWORD"}, "endpoint_url": pool.endpoint,
+        "type": "cognito",
+        "region": REGION,
+        "user_pool_id": pool.pool_id,
+        "client_id": pool.client_id,
+        "username": "alice",
+        "password": {"env": "COGNITO_PASSWORD"},
+        "endpoint_url": pool.endpoint,
         **overrides,
     }
     return CognitoAuth.model_validate(raw, context={"environ": {"COGNITO_PASSWORD": PASSWORD}})
@@ -200,8 +215,12 @@ def test_an_app_client_with_a_secret_logs_in_and_refreshes(pool: UserPool, token
 def test_a_secret_client_refreshes_for_users_who_sign_in_with_their_email(pool: UserPool, token: str) -> None:
     """The refresh ``SECRET_HASH`` uses Cognito's internal user name, not the configured alias."""
     auth = settings(
-        pool, user_pool_id=pool.email_pool_id, client_id=pool.email_client_id,
-        client_secret=pool.email_client_secret, username="carol@example.com", token=token,
+        pool,
+        user_pool_id=pool.email_pool_id,
+        client_id=pool.email_client_id,
+        client_secret=pool.email_client_secret,
+        username="carol@example.com",
+        token=token,
     )
 
     grant = login(auth)
@@ -283,10 +302,17 @@ def test_the_credential_keeps_refreshing_with_the_original_refresh_token(
 
     def credential() -> ManagedTokenCredential:
         return ManagedTokenCredential(
-            target="gateway", provider=CognitoProvider(auth, clock, timeout=5),
-            store=TokenStore(tmp_path, "gateway", "cognito alice"), clock=clock, activity=activity,
-            renewal=auth.refresh, retry=RetrySettings(), header_name=auth.header_name,
-            header_template="TOK:{token}", expiry_margin=auth.expiry_margin, redactor=Redactor(),
+            target="gateway",
+            provider=CognitoProvider(auth, clock, timeout=5),
+            store=TokenStore(tmp_path, "gateway", "cognito alice"),
+            clock=clock,
+            activity=activity,
+            renewal=auth.refresh,
+            retry=RetrySettings(),
+            header_name=auth.header_name,
+            header_template="TOK:{token}",
+            expiry_margin=auth.expiry_margin,
+            redactor=Redactor(),
         )
 
     current = credential()

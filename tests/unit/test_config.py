@@ -80,16 +80,22 @@ VALID = """
 
 def with_target_lines(*lines: str, upload: str = "{type: multipart}", auth: str | None = None) -> str:
     """VALID with extra target keys (and another upload or auth section)."""
-    auth_text = auth or "\n".join([
-        "auth:",
-        "  type: token",
-        "  login: {username: uploader, password: hunter2-Very-Secret}",
-    ])
+    auth_text = auth or "\n".join(
+        [
+            "auth:",
+            "  type: token",
+            "  login: {username: uploader, password: hunter2-Very-Secret}",
+        ]
+    )
     body = [
-        "name: reports", "folder: $drop", "failed_dir: $failed",
+        "name: reports",
+        "folder: $drop",
+        "failed_dir: $failed",
         "after_upload: {action: archive, archive_dir: $sent}",
         'api: {base_url: "https://api.example.com"}',
-        *auth_text.splitlines(), *lines, f"upload: {upload}" if "\n" not in upload else "upload:",
+        *auth_text.splitlines(),
+        *lines,
+        f"upload: {upload}" if "\n" not in upload else "upload:",
     ]
     if "\n" in upload:
         body += ["  " + line for line in textwrap.dedent(upload).strip().splitlines()]
@@ -122,9 +128,12 @@ def test_the_example_config_parses_exactly_as_written(places: dict[str, Path]) -
     assert target.after_upload.action == "archive"
     assert Path(f"{drop}.sent") == target.after_upload.archive_dir
     assert Path(f"{drop}.failed") == target.failed_dir
-    assert (
-        target.api.base_url, target.api.timeout, target.api.verify_tls, target.api.ca_file
-    ) == ("https://api.example.com", 30.0, True, None)
+    assert (target.api.base_url, target.api.timeout, target.api.verify_tls, target.api.ca_file) == (
+        "https://api.example.com",
+        30.0,
+        True,
+        None,
+    )
     auth = target.auth
     assert isinstance(auth, TokenAuth)
     assert (auth.login.path, auth.login.method, auth.login.username) == ("/auth/login", "POST", "uploader")
@@ -132,16 +141,22 @@ def test_the_example_config_parses_exactly_as_written(places: dict[str, Path]) -
     assert auth.login.password.source == "env UPLOADER_PASSWORD"
     assert (auth.login.token_field, auth.login.expires_in_field) == ("access_token", "expires_in")
     assert (auth.refresh.path, auth.refresh.method) == ("/auth/tokenRefresh", "GET")
-    assert (
-        auth.refresh.check_every, auth.refresh.before_expiry, auth.refresh.active_within
-    ) == (1800.0, 300.0, 1800.0)
+    assert (auth.refresh.check_every, auth.refresh.before_expiry, auth.refresh.active_within) == (
+        1800.0,
+        300.0,
+        1800.0,
+    )
     assert (auth.header, auth.header_name) == ("Bearer {token}", "Authorization")
     assert (auth.default_lifetime, auth.expiry_margin) == (3600.0, 10.0)
     (step,) = target.steps
     assert isinstance(step, MultipartStep)
-    assert (
-        step.name, step.method, step.path, step.file_field, step.credential
-    ) == ("upload", "POST", "/api/envio", "file", True)
+    assert (step.name, step.method, step.path, step.file_field, step.credential) == (
+        "upload",
+        "POST",
+        "/api/envio",
+        "file",
+        True,
+    )
 
 
 def test_the_example_config_as_shipped_only_lacks_its_drop_folder() -> None:
@@ -252,9 +267,9 @@ def test_a_missing_config_file_is_reported_in_a_sentence(tmp_path: Path) -> None
     """load_config on a path that does not exist raises ConfigError, not FileNotFoundError."""
     with pytest.raises(ConfigError) as caught:
         load_config(tmp_path / "nope.yaml", {})
-    assert (
-        caught.value.problems
-    ) == ("the config file does not exist; create it (see config/example.yaml) or pass --config",)
+    assert (caught.value.problems) == (
+        "the config file does not exist; create it (see config/example.yaml) or pass --config",
+    )
     assert caught.value.exit_code == 2
 
 
@@ -317,17 +332,19 @@ def test_every_problem_is_listed_at_once_with_its_key_path(places: dict[str, Pat
     """
     found = problems(text, places)
     keys = [problem.split(":", 1)[0] for problem in found]
-    assert sorted(keys) == sorted([
-        "targts",
-        "targets[0].folder",
-        "targets[0].concurrency",
-        "targets[0].settle",
-        "targets[0].retry.attempts",
-        "targets[0].after_upload",
-        "targets[0].api.base_url",
-        "targets[0].auth.login",
-        "targets[0].upload",
-    ])
+    assert sorted(keys) == sorted(
+        [
+            "targts",
+            "targets[0].folder",
+            "targets[0].concurrency",
+            "targets[0].settle",
+            "targets[0].retry.attempts",
+            "targets[0].after_upload",
+            "targets[0].api.base_url",
+            "targets[0].auth.login",
+            "targets[0].upload",
+        ]
+    )
     assert all("Traceback" not in problem and "\n" not in problem for problem in found)
     assert "targets[0].auth.login: required key is missing" in found
     assert f"targets[0].folder: {places['state']}/missing does not exist; create it or fix the path" in found
@@ -404,8 +421,10 @@ def test_a_mapping_key_of_the_wrong_type_is_named_as_a_key(places: dict[str, Pat
 def test_missing_required_sections_are_each_named(places: dict[str, Path]) -> None:
     """A target with only a name lists each missing key, and no targets at all is refused."""
     found = problems("state_dir: $state\ntargets:\n  - name: bare\n", places)
-    expected = {f"targets[0].{key}: required key is missing"
-                for key in ("folder", "after_upload", "failed_dir", "api", "auth", "upload")}
+    expected = {
+        f"targets[0].{key}: required key is missing"
+        for key in ("folder", "after_upload", "failed_dir", "api", "auth", "upload")
+    }
     assert expected == set(found)
     assert problems("state_dir: $state\ntargets: []\n", places) == ("targets: must not be empty",)
     assert problems("state_dir: $state\n", places) == ("targets: required key is missing",)
@@ -420,10 +439,14 @@ def test_missing_required_sections_are_each_named(places: dict[str, Path]) -> No
         ("ftp://api.example.com", "'ftp://api.example.com' is not an http:// or https:// URL with a host"),
         ("https://", "'https://' is not an http:// or https:// URL with a host"),
         ("api.example.com", "'api.example.com' is not an http:// or https:// URL with a host"),
-        ("https://api.example.com/v1?key=1",
-         "'https://api.example.com/v1?key=1' must not have a query or fragment; put those in the step"),
-        ("https://api.example.com/#top",
-         "'https://api.example.com/#top' must not have a query or fragment; put those in the step"),
+        (
+            "https://api.example.com/v1?key=1",
+            "'https://api.example.com/v1?key=1' must not have a query or fragment; put those in the step",
+        ),
+        (
+            "https://api.example.com/#top",
+            "'https://api.example.com/#top' must not have a query or fragment; put those in the step",
+        ),
         ("https://api.example.com:99999", "'https://api.example.com:99999' has an invalid port"),
         ("42", "must be an http:// or https:// URL"),
     ],
@@ -449,8 +472,10 @@ def test_the_base_url_loses_its_trailing_slash_and_keeps_its_path(places: dict[s
         ("concurrency: 1000", "targets[0].concurrency: must be at most 256, not 1000"),
         ("concurrency: four", "targets[0].concurrency: must be a whole number, not 'four'"),
         ("retry: {attempts: 0}", "targets[0].retry.attempts: must be at least 1, not 0"),
-        ("retry: {backoff: 1m, max_backoff: 10s}",
-         "targets[0].retry: max_backoff must not be shorter than backoff"),
+        (
+            "retry: {backoff: 1m, max_backoff: 10s}",
+            "targets[0].retry: max_backoff must not be shorter than backoff",
+        ),
         ("recursive: maybe", "targets[0].recursive: must be true or false, not 'maybe'"),
     ],
 )
@@ -488,8 +513,20 @@ def test_a_zero_interval_is_refused_where_a_wait_must_be_positive(places: dict[s
 
 @pytest.mark.parametrize(
     ("value", "seconds"),
-    [("500ms", 0.5), ("2s", 2.0), ("30m", 1800.0), ("1h", 3600.0), ("1h30m", 5400.0), ("1d", 86400.0),
-     ("90", 90.0), (90, 90.0), (1.5, 1.5), ("1.5s", 1.5), ("1m 30s", 90.0), (0, 0.0)],
+    [
+        ("500ms", 0.5),
+        ("2s", 2.0),
+        ("30m", 1800.0),
+        ("1h", 3600.0),
+        ("1h30m", 5400.0),
+        ("1d", 86400.0),
+        ("90", 90.0),
+        (90, 90.0),
+        (1.5, 1.5),
+        ("1.5s", 1.5),
+        ("1m 30s", 90.0),
+        (0, 0.0),
+    ],
 )
 def test_durations_parse_to_seconds(value: object, seconds: float) -> None:
     """Every documented duration form becomes a number of seconds."""
@@ -552,11 +589,17 @@ def test_a_password_from_the_environment_is_read(places: dict[str, Path]) -> Non
         ("{env: ''}", {}, "{env: ...} needs a non-empty name"),
         ("''", {}, "is empty; write the secret, or {env: NAME}, {file: PATH} or {credential: NAME}"),
         ("{bogus: X}", {}, "unknown secret source 'bogus'; use env, file or credential"),
-        ("{env: A, file: /b}", {},
-         "must be a string, or exactly one of {env: NAME}, {file: PATH}, {credential: NAME}"),
-        ("{credential: pw}", {},
-         "{credential: pw} needs $CREDENTIALS_DIRECTORY, which systemd sets from LoadCredential=pw:/path; "
-         "outside systemd use {file: PATH} or {env: NAME}"),
+        (
+            "{env: A, file: /b}",
+            {},
+            "must be a string, or exactly one of {env: NAME}, {file: PATH}, {credential: NAME}",
+        ),
+        (
+            "{credential: pw}",
+            {},
+            "{credential: pw} needs $CREDENTIALS_DIRECTORY, which systemd sets from LoadCredential=pw:/path; "
+            "outside systemd use {file: PATH} or {env: NAME}",
+        ),
     ],
 )
 def test_an_unusable_secret_source_is_refused(
@@ -628,25 +671,39 @@ def test_a_secret_never_appears_in_a_config_error(auth: str, places: dict[str, P
 
 def test_headers_and_cognito_auth_parse_with_their_secrets(places: dict[str, Path]) -> None:
     """Static header secrets and a Cognito password/client secret each resolve from their source."""
-    headers = parse(
-        with_target_lines(
-            auth="auth: {type: headers, headers: {app-key: {env: KEY}, user-token: literal-tok}}"
-        ),
-        places, {"KEY": "app-key-123"},
-    ).targets[0].auth
+    headers = (
+        parse(
+            with_target_lines(
+                auth="auth: {type: headers, headers: {app-key: {env: KEY}, user-token: literal-tok}}"
+            ),
+            places,
+            {"KEY": "app-key-123"},
+        )
+        .targets[0]
+        .auth
+    )
     assert isinstance(headers, HeadersAuth)
-    assert {
-        name: secret.value for name, secret in headers.headers.items()
-    } == {"app-key": "app-key-123", "user-token": "literal-tok"}
-    cognito = parse(
-        with_target_lines(auth="auth: {type: cognito, region: eu-west-1, user_pool_id: eu-west-1_Ab1, "
-                               "client_id: c1, client_secret: {env: CS}, username: u, password: {env: PW}}"),
-        places, {"CS": "client-secret-1", "PW": PASSWORD},
-    ).targets[0].auth
+    assert {name: secret.value for name, secret in headers.headers.items()} == {
+        "app-key": "app-key-123",
+        "user-token": "literal-tok",
+    }
+    cognito = (
+        parse(
+            with_target_lines(
+                auth="auth: {type: cognito, region: eu-west-1, user_pool_id: eu-west-1_Ab1, "
+                "client_id: c1, client_secret: {env: CS}, username: u, password: {env: PW}}"
+            ),
+            places,
+            {"CS": "client-secret-1", "PW": PASSWORD},
+        )
+        .targets[0]
+        .auth
+    )
     assert isinstance(cognito, CognitoAuth)
-    assert (
-        cognito.client_secret.value if cognito.client_secret else None, cognito.password.value
-    ) == ("client-secret-1", PASSWORD)
+    assert (cognito.client_secret.value if cognito.client_secret else None, cognito.password.value) == (
+        "client-secret-1",
+        PASSWORD,
+    )
 
 
 def test_a_cognito_pool_id_without_a_region_is_refused(places: dict[str, Path]) -> None:
@@ -706,8 +763,10 @@ def test_an_output_folder_equal_to_the_drop_folder_is_refused(
 def test_a_conversion_output_dir_equal_to_the_drop_folder_is_refused(places: dict[str, Path]) -> None:
     """The converted results would be picked up and converted again."""
     upload = "{type: conversion_task, conversion_type: mp4, output_dir: $drop}"
-    expected = ("targets[0]: output_dir of step result must differ from folder, "
-                "or delivered files would be sent again")
+    expected = (
+        "targets[0]: output_dir of step result must differ from folder, "
+        "or delivered files would be sent again"
+    )
     assert expected == one_problem(with_target_lines(upload=upload), places)
 
 
@@ -741,8 +800,10 @@ def two_targets(places: dict[str, Path], *, name: str, folder: Path, recursive: 
 def test_two_targets_watching_the_same_folder_are_refused(places: dict[str, Path]) -> None:
     """A file must belong to exactly one target."""
     problem = one_problem(two_targets(places, name="second", folder=places["drop"]), places)
-    expected = (f"targets: targets 'first' and 'second' both watch {places['drop']}; "
-                "a file must belong to exactly one target")
+    expected = (
+        f"targets: targets 'first' and 'second' both watch {places['drop']}; "
+        "a file must belong to exactly one target"
+    )
     assert expected == problem
 
 
@@ -805,29 +866,43 @@ def steps_upload(
 def test_a_valid_step_list_is_kept_in_order(places: dict[str, Path]) -> None:
     """type: steps runs the admin's list as written."""
     steps = parse(with_target_lines(upload=steps_upload()), places).targets[0].steps
-    assert [
-        (step.name, step.kind) for step in steps
-    ] == [("create", "request"), ("store", "storage_post"), ("confirm", "request")]
+    assert [(step.name, step.kind) for step in steps] == [
+        ("create", "request"),
+        ("store", "storage_post"),
+        ("confirm", "request"),
+    ]
 
 
 @pytest.mark.parametrize(
     ("upload", "expected"),
     [
-        (steps_upload(fields_template="{creat.fields}"),
-         "steps[1] (store): {creat.fields} refers to 'creat', which is not defined here; "
-         "use one of: create, file, target"),
-        (steps_upload(confirm_path="/documents/{create.document_id}/ok"),
-         "steps[2] (confirm): {create.document_id} refers to 'document_id', which 'create' does not provide; "
-         "it provides: id, fields"),
-        (steps_upload(confirm_path="/documents/{confirm.id}/ok"),
-         "steps[2] (confirm): {confirm.id} refers to 'confirm', which is not defined here; "
-         "use one of: create, file, store, target"),
-        (steps_upload(confirm_path="/documents/{file}/ok"),
-         "steps[2] (confirm): {file} needs a field, e.g. {file.name}"),
-        (steps_upload(confirm_path="/documents/{create.id/ok"),
-         "steps[2] (confirm): '/documents/{create.id/ok' has a stray '{'"),
-        (steps_upload(fields_template="{store.fields}"),
-         "steps[1] (store): {store.fields} refers to 'store', which is not defined here"),
+        (
+            steps_upload(fields_template="{creat.fields}"),
+            "steps[1] (store): {creat.fields} refers to 'creat', which is not defined here; "
+            "use one of: create, file, target",
+        ),
+        (
+            steps_upload(confirm_path="/documents/{create.document_id}/ok"),
+            "steps[2] (confirm): {create.document_id} refers to 'document_id', which 'create' does not provide; "  # noqa: E501
+            "it provides: id, fields",
+        ),
+        (
+            steps_upload(confirm_path="/documents/{confirm.id}/ok"),
+            "steps[2] (confirm): {confirm.id} refers to 'confirm', which is not defined here; "
+            "use one of: create, file, store, target",
+        ),
+        (
+            steps_upload(confirm_path="/documents/{file}/ok"),
+            "steps[2] (confirm): {file} needs a field, e.g. {file.name}",
+        ),
+        (
+            steps_upload(confirm_path="/documents/{create.id/ok"),
+            "steps[2] (confirm): '/documents/{create.id/ok' has a stray '{'",
+        ),
+        (
+            steps_upload(fields_template="{store.fields}"),
+            "steps[1] (store): {store.fields} refers to 'store', which is not defined here",
+        ),
     ],
 )
 def test_a_step_template_referring_to_an_unknown_value_names_the_step(
@@ -841,10 +916,14 @@ def test_a_step_template_referring_to_an_unknown_value_names_the_step(
 @pytest.mark.parametrize(
     ("steps", "expected"),
     [
-        ("[{kind: request, name: a, path: /a}]",
-         "no step sends the file; add a multipart or storage_post step"),
-        ("[{kind: multipart, name: a, path: /a}, {kind: multipart, name: a, path: /b}]",
-         "steps[1]: step name 'a' is used twice"),
+        (
+            "[{kind: request, name: a, path: /a}]",
+            "no step sends the file; add a multipart or storage_post step",
+        ),
+        (
+            "[{kind: multipart, name: a, path: /a}, {kind: multipart, name: a, path: /b}]",
+            "steps[1]: step name 'a' is used twice",
+        ),
     ],
 )
 def test_an_incoherent_step_list_is_refused(steps: str, expected: str, places: dict[str, Path]) -> None:
@@ -856,14 +935,22 @@ def test_an_incoherent_step_list_is_refused(steps: str, expected: str, places: d
 @pytest.mark.parametrize(
     ("step", "expected"),
     [
-        ("{kind: multipart, name: file, path: /a}",
-         "targets[0].upload.steps[0].name: 'file' is reserved for template values; choose another step name"),
-        ("{kind: multipart, name: a}",
-         "targets[0].upload.steps[0]: step 'a' needs exactly one of path or url"),
-        ("{kind: multipart, name: a, path: a}",
-         "targets[0].upload.steps[0]: step 'a': path 'a' must start with /"),
-        ("{kind: upload, name: a, path: /a}",
-         "targets[0].upload.steps[0]: unknown kind 'upload'; use one of: "),
+        (
+            "{kind: multipart, name: file, path: /a}",
+            "targets[0].upload.steps[0].name: 'file' is reserved for template values; choose another step name",  # noqa: E501
+        ),
+        (
+            "{kind: multipart, name: a}",
+            "targets[0].upload.steps[0]: step 'a' needs exactly one of path or url",
+        ),
+        (
+            "{kind: multipart, name: a, path: a}",
+            "targets[0].upload.steps[0]: step 'a': path 'a' must start with /",
+        ),
+        (
+            "{kind: upload, name: a, path: /a}",
+            "targets[0].upload.steps[0]: unknown kind 'upload'; use one of: ",
+        ),
     ],
 )
 def test_a_malformed_step_is_refused_at_its_position(
@@ -890,8 +977,10 @@ def test_a_credentialed_step_to_another_host_is_refused(places: dict[str, Path])
     for other_origin in ("http://api.example.com/in", "https://api.example.com:8443/in"):
         other = upload.replace("https://elsewhere.example.net/in", other_origin)
         assert "sends the credential to" in one_problem(with_target_lines(upload=other), places)
-    expected = ("targets[0]: step 'send' sends the credential to https://elsewhere.example.net/in, "
-                "which is not api.base_url's host; set credential: false or use path")
+    expected = (
+        "targets[0]: step 'send' sends the credential to https://elsewhere.example.net/in, "
+        "which is not api.base_url's host; set credential: false or use path"
+    )
     assert expected == problem
 
 
@@ -899,8 +988,10 @@ def test_a_step_to_another_host_is_accepted_without_the_credential_or_on_the_sam
     places: dict[str, Path],
 ) -> None:
     """credential: false opts out, and the API's own host is fine either way."""
-    elsewhere = ("{type: steps, steps: [{kind: multipart, name: send, "
-                 "url: 'https://elsewhere.example.net/in', credential: false}]}")
+    elsewhere = (
+        "{type: steps, steps: [{kind: multipart, name: send, "
+        "url: 'https://elsewhere.example.net/in', credential: false}]}"
+    )
     assert parse(with_target_lines(upload=elsewhere), places).targets[0].steps[0].credential is False
     for url in ("https://api.example.com/in", "https://API.example.com:443/in"):
         same = f"{{type: steps, steps: [{{kind: multipart, name: send, url: '{url}'}}]}}"
@@ -920,9 +1011,14 @@ def test_the_multipart_preset_is_one_credentialed_multipart_step(places: dict[st
     """Flow T: the file as a multipart POST to /api/envio."""
     (step,) = _steps(places, "{type: multipart, fields: {origin: '{file.name}'}}")
     assert isinstance(step, MultipartStep)
-    assert (
-        step.name, step.method, step.path, step.file_field, step.fields, step.credential
-    ) == ("upload", "POST", "/api/envio", "file", {"origin": "{file.name}"}, True)
+    assert (step.name, step.method, step.path, step.file_field, step.fields, step.credential) == (
+        "upload",
+        "POST",
+        "/api/envio",
+        "file",
+        {"origin": "{file.name}"},
+        True,
+    )
 
 
 def test_the_runrun_preset_creates_stores_and_confirms_the_document(places: dict[str, Path]) -> None:
@@ -932,24 +1028,36 @@ def test_the_runrun_preset_creates_stores_and_confirms_the_document(places: dict
     assert isinstance(create, RequestStep)
     assert (create.name, create.method, create.path) == ("create", "POST", "/documents")
     assert create.query == {"task_id": 77}
-    assert create.body == {"document": {"data_file_name": "{file.name}", "data_file_size": "{file.size}",
-                         "warning_duplicate": False}}
+    assert create.body == {
+        "document": {
+            "data_file_name": "{file.name}",
+            "data_file_size": "{file.size}",
+            "warning_duplicate": False,
+        }
+    }
     assert create.save == {"id": "id", "fields": "fields"}
     assert isinstance(store, StoragePostStep)
-    assert (
-        store.name, store.url, store.fields, store.credential
-    ) == ("store", "https://bucket.s3.amazonaws.com", "{create.fields}", False)
+    assert (store.name, store.url, store.fields, store.credential) == (
+        "store",
+        "https://bucket.s3.amazonaws.com",
+        "{create.fields}",
+        False,
+    )
     assert store.extra_fields == {"success_action_status": "201"}
     assert isinstance(confirm, RequestStep)
-    assert (
-        confirm.name, confirm.method, confirm.path
-    ) == ("confirm", "POST", "/documents/{create.id}/mark_as_uploaded")
+    assert (confirm.name, confirm.method, confirm.path) == (
+        "confirm",
+        "POST",
+        "/documents/{create.id}/mark_as_uploaded",
+    )
 
 
 def test_the_runrun_preset_can_create_a_task_per_file(places: dict[str, Path]) -> None:
     """With create_task, a task step comes first and the document attaches to its id."""
-    upload = ("{type: runrun_document, create_task: {board_id: 5, project_id: 6}, "
-              "storage: {url: 'https://bucket.s3.amazonaws.com/'}}")
+    upload = (
+        "{type: runrun_document, create_task: {board_id: 5, project_id: 6}, "
+        "storage: {url: 'https://bucket.s3.amazonaws.com/'}}"
+    )
     task, create, _store, _confirm = _steps(places, upload)
     assert isinstance(task, RequestStep)
     assert (task.name, task.path, task.save) == ("task", "/tasks", {"id": "id"})
@@ -970,19 +1078,29 @@ def test_the_presigned_status_preset_announces_stores_confirms_and_polls(places:
     upload, store, confirm, status = _steps(places, "{type: presigned_with_status}")
     assert isinstance(upload, RequestStep)
     assert (upload.name, upload.path) == ("upload", "/upload")
-    assert upload.body == {"file_name": "{file.name}", "extension": "{file.extension}", "len": "{file.size}",
-            "type": "{file.mime_type}"}
+    assert upload.body == {
+        "file_name": "{file.name}",
+        "extension": "{file.extension}",
+        "len": "{file.size}",
+        "type": "{file.mime_type}",
+    }
     assert upload.save == {"file_id": "file_id", "fields": "fields", "url": "url"}
     assert isinstance(store, StoragePostStep)
     assert (store.url, store.fields) == ("{upload.url}", "{upload.fields}")
     assert isinstance(confirm, RequestStep)
     assert (confirm.path, confirm.body) == ("/confirm-upload", {"file_id": "{upload.file_id}"})
     assert isinstance(status, PollStep)
-    assert (
-        status.name, status.method, status.path, status.query
-    ) == ("status", "GET", "/consult-status", {"file_id": "{upload.file_id}"})
+    assert (status.name, status.method, status.path, status.query) == (
+        "status",
+        "GET",
+        "/consult-status",
+        {"file_id": "{upload.file_id}"},
+    )
     assert (status.status_field, status.success, status.failure, status.details_field) == (
-        "status", ("completed",), ("error",), "details"
+        "status",
+        ("completed",),
+        ("error",),
+        "details",
     )
     assert (status.interval, status.deadline) == (5.0, 600.0)
 
@@ -1002,16 +1120,28 @@ def test_the_conversion_preset_submits_polls_and_downloads(places: dict[str, Pat
     upload = "{type: conversion_task, conversion_type: mp4, output_dir: $out, delete_task: true}"
     submit, task, result, cleanup = _steps(places, upload)
     assert isinstance(submit, MultipartStep)
-    assert (
-        submit.name, submit.path, submit.fields, submit.save
-    ) == ("submit", "/api/tasks", {"conversion_type": "mp4"}, {"task_id": "task_id"})
+    assert (submit.name, submit.path, submit.fields, submit.save) == (
+        "submit",
+        "/api/tasks",
+        {"conversion_type": "mp4"},
+        {"task_id": "task_id"},
+    )
     assert isinstance(task, PollStep)
-    assert (
-        task.name, task.path, task.status_field, task.success, task.failure, task.deadline
-    ) == ("task", "/api/tasks/{submit.task_id}", "state", ("SUCCESS",), ("FAILURE", "REVOKED"), 3600.0)
+    assert (task.name, task.path, task.status_field, task.success, task.failure, task.deadline) == (
+        "task",
+        "/api/tasks/{submit.task_id}",
+        "state",
+        ("SUCCESS",),
+        ("FAILURE", "REVOKED"),
+        3600.0,
+    )
     assert isinstance(result, DownloadStep)
     assert ("result", "/api/download", {"task_id": "{submit.task_id}"}, places["out"], "{file.stem}.mp4") == (
-        result.name, result.path, result.query, result.output_dir, result.filename
+        result.name,
+        result.path,
+        result.query,
+        result.output_dir,
+        result.filename,
     )
     assert isinstance(cleanup, RequestStep)
     expected = ("cleanup", "DELETE", "/api/tasks/{submit.task_id}")
@@ -1024,9 +1154,12 @@ def test_the_gateway_preset_locates_then_stores(places: dict[str, Path]) -> None
     """Flow G: gateway POST with upload_key and folder -> storage POST to the returned url."""
     locate, store = _steps(places, "{type: gateway_presigned, path: /live/uploadclip/, folder: video}")
     assert isinstance(locate, RequestStep)
-    assert (
-        locate.name, locate.method, locate.path, locate.query
-    ) == ("locate", "POST", "/live/uploadclip/", {"upload_key": "{file.name}", "folder": "video"})
+    assert (locate.name, locate.method, locate.path, locate.query) == (
+        "locate",
+        "POST",
+        "/live/uploadclip/",
+        {"upload_key": "{file.name}", "folder": "video"},
+    )
     assert locate.save == {"fields": "fields", "url": "url"}
     assert isinstance(store, StoragePostStep)
     expected = ("store", "{locate.url}", "{locate.fields}", False)
@@ -1046,7 +1179,14 @@ def test_poll_success_and_failure_values_may_be_numbers() -> None:
     from uploader_daemon.config.upload import PollStep
 
     step = PollStep.model_validate(
-        {"kind": "poll", "name": "p", "path": "/s", "status_field": "status", "success": [2], "failure": [3.5]}
+        {
+            "kind": "poll",
+            "name": "p",
+            "path": "/s",
+            "status_field": "status",
+            "success": [2],
+            "failure": [3.5],
+        }
     )
     assert ("2",) == step.success
     assert ("3.5",) == step.failure

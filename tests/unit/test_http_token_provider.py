@@ -19,7 +19,7 @@ from uploader_daemon.auth.http_token import HttpTokenProvider
 from uploader_daemon.config.auth import TokenAuth
 
 BASE_URL = "https://api.example.test"
-PASSWORD = "pa55-w0rd-\"quoted\"\\"
+PASSWORD = 'pa55-w0rd-"quoted"\\'
 START = 1_700_000_000.0
 
 
@@ -149,10 +149,16 @@ def test_the_login_path_is_joined_to_a_base_url_with_a_path(api: respx.MockRoute
 def test_login_field_names_and_method_are_configurable(api: respx.MockRouter, clock: FakeClock) -> None:
     """APIs that want ``user``/``pass`` over ``PUT`` at another path are served as configured."""
     route = api.put("/session").respond(json={"access_token": "t0k3n", "expires_in": 60})
-    settings = token_auth(login={
-        "path": "/session", "method": "PUT", "username": "uploader", "password": {"env": "UPLOADER_PASSWORD"},
-        "username_field": "user", "password_field": "pass",
-    })
+    settings = token_auth(
+        login={
+            "path": "/session",
+            "method": "PUT",
+            "username": "uploader",
+            "password": {"env": "UPLOADER_PASSWORD"},
+            "username_field": "user",
+            "password_field": "pass",
+        }
+    )
 
     login_with(settings, clock)
 
@@ -173,10 +179,15 @@ def test_without_expires_in_the_jwt_exp_is_the_expiry(api: respx.MockRouter, clo
     """Flow C answers ``{"message", "token", "id"}``: the expiry is the JWT's ``exp``."""
     token = unsigned_jwt({"sub": "uploader", "exp": int(START) + 900})
     api.post("/api/auth/login").respond(json={"message": "Login successful", "token": token, "id": 7})
-    settings = token_auth(login={
-        "path": "/api/auth/login", "username": "uploader", "password": {"env": "UPLOADER_PASSWORD"},
-        "token_field": "token",
-    }, refresh={})
+    settings = token_auth(
+        login={
+            "path": "/api/auth/login",
+            "username": "uploader",
+            "password": {"env": "UPLOADER_PASSWORD"},
+            "token_field": "token",
+        },
+        refresh={},
+    )
 
     grant = login_with(settings, clock)
 
@@ -195,10 +206,14 @@ def test_without_expires_in_or_exp_the_default_lifetime_applies(
 def test_token_and_lifetime_are_read_through_dotted_paths(api: respx.MockRouter, clock: FakeClock) -> None:
     """``token_field: data.token`` and ``expires_in_field: data.ttl`` reach into nested answers."""
     api.post("/auth/login").respond(json={"data": {"token": "nested-token", "ttl": 120}, "expires_in": 9999})
-    settings = token_auth(login={
-        "username": "uploader", "password": {"env": "UPLOADER_PASSWORD"},
-        "token_field": "data.token", "expires_in_field": "data.ttl",
-    })
+    settings = token_auth(
+        login={
+            "username": "uploader",
+            "password": {"env": "UPLOADER_PASSWORD"},
+            "token_field": "data.token",
+            "expires_in_field": "data.ttl",
+        }
+    )
 
     assert TokenGrant("nested-token", START + 120, START) == login_with(settings, clock)
 
@@ -207,9 +222,13 @@ def test_a_lifetime_field_that_is_switched_off_is_ignored(api: respx.MockRouter,
     """``expires_in_field: null`` trusts the JWT ``exp`` even when the body has ``expires_in``."""
     token = unsigned_jwt({"exp": int(START) + 300})
     api.post("/auth/login").respond(json={"access_token": token, "expires_in": 9999})
-    settings = token_auth(login={
-        "username": "uploader", "password": {"env": "UPLOADER_PASSWORD"}, "expires_in_field": None,
-    })
+    settings = token_auth(
+        login={
+            "username": "uploader",
+            "password": {"env": "UPLOADER_PASSWORD"},
+            "expires_in_field": None,
+        }
+    )
 
     assert START + 300 == login_with(settings, clock).expires_at
 
@@ -254,15 +273,27 @@ def test_a_login_without_an_answer_is_a_transient_failure(
         (httpx.Response(200, json={"access_token": ""}), "is not a token"),
         (httpx.Response(200, json={"access_token": 12345}), "is not a token"),
         (httpx.Response(200, json=["access_token"]), "without a token"),
-        (httpx.Response(200, content=b"null", headers={"Content-Type": "application/json"}),
-         "without a token"),
+        (
+            httpx.Response(200, content=b"null", headers={"Content-Type": "application/json"}),
+            "without a token",
+        ),
         (httpx.Response(200, html="<html><body>Sign in</body></html>"), "not JSON"),
         (httpx.Response(200, json={"access_token": "t0k3n", "expires_in": -60}), "expires_in"),
         (httpx.Response(200, json={"access_token": "t0k3n", "expires_in": "soon"}), "expires_in"),
         (httpx.Response(200, json={"access_token": "t0k3n", "expires_in": True}), "expires_in"),
     ],
-    ids=["empty", "other-field", "empty-token", "numeric-token", "list", "null", "html",
-         "negative-lifetime", "word-lifetime", "boolean-lifetime"],
+    ids=[
+        "empty",
+        "other-field",
+        "empty-token",
+        "numeric-token",
+        "list",
+        "null",
+        "html",
+        "negative-lifetime",
+        "word-lifetime",
+        "boolean-lifetime",
+    ],
 )
 def test_a_200_without_a_usable_token_is_a_failed_login(
     api: respx.MockRouter, clock: FakeClock, response: httpx.Response, message: str
@@ -292,8 +323,11 @@ def test_a_token_that_cannot_go_in_a_header_is_a_failed_login(
 @pytest.mark.parametrize(
     "echo",
     [
-        {"detail": [{"loc": ["body"], "msg": "invalid",
-                     "input": {"username": "uploader", "password": PASSWORD}}]},
+        {
+            "detail": [
+                {"loc": ["body"], "msg": "invalid", "input": {"username": "uploader", "password": PASSWORD}}
+            ]
+        },
         f"bad password {PASSWORD} for uploader",
     ],
     ids=["json-echo", "text-echo"],
@@ -349,9 +383,14 @@ def test_refresh_uses_the_configured_method_header_and_fields(
     """``refresh.method``, ``header``/``header_name`` and refresh-specific field paths are honoured."""
     route = api.post("/token/renew").respond(json={"renewed": {"value": "new-token", "seconds": 90}})
     settings = token_auth(
-        refresh={"path": "/token/renew", "method": "POST", "token_field": "renewed.value",
-                 "expires_in_field": "renewed.seconds"},
-        header="Token {token}", header_name="X-Auth",
+        refresh={
+            "path": "/token/renew",
+            "method": "POST",
+            "token_field": "renewed.value",
+            "expires_in_field": "renewed.seconds",
+        },
+        header="Token {token}",
+        header_name="X-Auth",
     )
 
     grant = refresh_with(settings, clock, CURRENT)
@@ -364,10 +403,15 @@ def test_refresh_uses_the_configured_method_header_and_fields(
 def test_refresh_falls_back_to_the_login_field_paths(api: respx.MockRouter, clock: FakeClock) -> None:
     """Without refresh-specific paths, the refresh answer is read like a login answer."""
     api.get("/auth/tokenRefresh").respond(json={"data": {"token": "new-token", "ttl": 60}})
-    settings = token_auth(login={
-        "username": "uploader", "password": {"env": "UPLOADER_PASSWORD"},
-        "token_field": "data.token", "expires_in_field": "data.ttl",
-    }, refresh={"path": "/auth/tokenRefresh"})
+    settings = token_auth(
+        login={
+            "username": "uploader",
+            "password": {"env": "UPLOADER_PASSWORD"},
+            "token_field": "data.token",
+            "expires_in_field": "data.ttl",
+        },
+        refresh={"path": "/auth/tokenRefresh"},
+    )
 
     assert TokenGrant("new-token", START + 60, START) == refresh_with(settings, clock, CURRENT)
 

@@ -26,8 +26,14 @@ def journal(journal_path: Path) -> Iterator[Journal]:
     opened.close()
 
 
-def admitted(journal: Journal, path: str = "a.csv", size: int = 10, mtime_ns: int = 1, now: float = T0,
-             target: str = "reports") -> FileRecord:
+def admitted(
+    journal: Journal,
+    path: str = "a.csv",
+    size: int = 10,
+    mtime_ns: int = 1,
+    now: float = T0,
+    target: str = "reports",
+) -> FileRecord:
     record = journal.admit(target, path, size, mtime_ns, now)
     assert record is not None
     return record
@@ -62,7 +68,10 @@ def test_reopening_an_existing_journal_keeps_its_rows(journal_path: Path) -> Non
     try:
         again = second.get(record.id)
         assert (again.path, again.state, again.next_step, again.outputs) == (
-            "kept.csv", "pending", 1, {"create": {"id": 7}}
+            "kept.csv",
+            "pending",
+            1,
+            {"create": {"id": 7}},
         )
     finally:
         second.close()
@@ -98,7 +107,11 @@ def test_a_new_file_is_admitted_as_pending(journal: Journal) -> None:
     """The first sighting records the file with its size, mtime and time found."""
     record = admitted(journal, "sub/a.csv", size=123, mtime_ns=456, now=T0)
     assert (record.target, record.path, record.size, record.mtime_ns, record.state) == (
-        "reports", "sub/a.csv", 123, 456, "pending"
+        "reports",
+        "sub/a.csv",
+        123,
+        456,
+        "pending",
     )
     assert (record.attempts, record.next_step, record.step_in_flight, record.outputs) == (0, 0, None, {})
     assert (record.discovered_at, record.updated_at) == (T0, T0)
@@ -203,7 +216,10 @@ def test_recovery_returns_interrupted_uploads_to_pending(journal: Journal) -> No
     assert journal.recover_interrupted(T0 + 60) == 1
     recovered = journal.get(crashed.id)
     assert (recovered.state, recovered.next_step, recovered.outputs, recovered.updated_at) == (
-        "pending", 1, {"create": {"id": 3}}, T0 + 60
+        "pending",
+        1,
+        {"create": {"id": 3}},
+        T0 + 60,
     )
     assert journal.get(waiting.id).state == "pending"
     assert journal.get(delivered.id).state == "delivered"
@@ -248,8 +264,16 @@ def test_checkpoints_record_the_step_in_flight_and_the_next_step(journal: Journa
 def test_outputs_survive_a_json_round_trip(journal: Journal) -> None:
     """Saved values keep their types: numbers, booleans, null, nested lists, unicode."""
     record = uploading(journal)
-    outputs = {"create": {"id": 1, "ratio": 0.5, "ok": True, "none": None, "list": [1, "two", {"3": [4]}],
-                          "name": "relatório ✓"}}
+    outputs = {
+        "create": {
+            "id": 1,
+            "ratio": 0.5,
+            "ok": True,
+            "none": None,
+            "list": [1, "two", {"3": [4]}],
+            "name": "relatório ✓",
+        }
+    }
     journal.step_finished(record.id, 0, outputs, T0)
     assert journal.get(record.id).outputs == outputs
 
@@ -272,7 +296,11 @@ def test_retry_later_counts_attempts_and_keeps_the_error(journal: Journal) -> No
     assert journal.retry_later(record.id, "timed out", None, T0 + 3) == 2
     after = journal.get(record.id)
     assert (after.state, after.attempts, after.last_error, after.last_status, after.updated_at) == (
-        "pending", 2, "timed out", None, T0 + 3
+        "pending",
+        2,
+        "timed out",
+        None,
+        T0 + 3,
     )
 
 
@@ -331,7 +359,10 @@ def test_failed_records_the_error_status_and_destination(journal: Journal) -> No
     journal.failed(record.id, "422 Unprocessable", 422, "/srv/failed/a.csv", T0 + 1)
     after = journal.get(record.id)
     assert (after.state, after.last_error, after.last_status, after.destination) == (
-        "failed", "422 Unprocessable", 422, "/srv/failed/a.csv"
+        "failed",
+        "422 Unprocessable",
+        422,
+        "/srv/failed/a.csv",
     )
 
 
@@ -375,8 +406,11 @@ def test_prune_deletes_old_finished_rows_but_keeps_rows_that_prevent_resending(j
     waiting = admitted(journal, "waiting", now=T0 - 1000)
 
     assert journal.prune(older_than=T0 + 50) == 3
-    remaining = {record_id for record_id in (archived.id, moved.id, gone.id, kept.id, stuck.id, recent.id,
-                                               waiting.id) if _exists(journal, record_id)}
+    remaining = {
+        record_id
+        for record_id in (archived.id, moved.id, gone.id, kept.id, stuck.id, recent.id, waiting.id)
+        if _exists(journal, record_id)
+    }
     assert remaining == {kept.id, stuck.id, recent.id, waiting.id}
     assert journal.admit("reports", "kept", 10, 1, T0 + 200) is None
 

@@ -58,8 +58,21 @@ def test_a_jwt_without_exp_falls_back_to_the_default_lifetime() -> None:
 
 @pytest.mark.parametrize(
     "expires_in",
-    [-5, 0, "-5", "soon", "", True, [3600], {"seconds": 3600},
-     "nan", "inf", float("nan"), float("inf"), "1e400"],
+    [
+        -5,
+        0,
+        "-5",
+        "soon",
+        "",
+        True,
+        [3600],
+        {"seconds": 3600},
+        "nan",
+        "inf",
+        float("nan"),
+        float("inf"),
+        "1e400",
+    ],
 )
 def test_an_unusable_expires_in_is_refused(expires_in: object) -> None:
     """Negative, zero, non-numeric and non-finite lifetimes raise ``ValueError``."""

@@ -47,7 +47,11 @@ def test_own_events_are_json_lines_with_timestamp_level_and_event_first() -> Non
     (line,) = json_lines(stream)
     assert list(line)[:3] == ["timestamp", "level", "event"]
     assert (line["level"], line["event"], line["file"], line["target"], line["attempt"]) == (
-        "info", "upload_finished", "a.csv", "reports", 2
+        "info",
+        "upload_finished",
+        "a.csv",
+        "reports",
+        2,
     )
     assert line["timestamp"].endswith("Z")
     assert "logger" not in line
@@ -61,7 +65,9 @@ def test_library_warnings_go_through_the_same_chain_with_their_logger_name() -> 
     first, second = json_lines(stream)
     assert list(first)[:3] == ["timestamp", "level", "event"]
     assert (first["level"], first["event"], first["logger"]) == (
-        "warning", "connection pool is full, discarding conn-1", "httpx"
+        "warning",
+        "connection pool is full, discarding conn-1",
+        "httpx",
     )
     assert (second["event"], second["logger"]) == ("Run time of job was missed", "apscheduler")
 
@@ -125,10 +131,29 @@ def test_configuring_twice_leaves_one_handler() -> None:
 
 @pytest.mark.parametrize(
     "key",
-    ["password", "Password", "token", "access_token", "refresh_token", "id_token", "Authorization",
-     "proxy-authorization", "app-key", "App-Key", "user-token", "USER_TOKEN", "client_secret",
-     "X-Amz-Signature", "cookie", "Set-Cookie", "api_key", "X-API-Key", "db_password", "session_token",
-     "credentials"],
+    [
+        "password",
+        "Password",
+        "token",
+        "access_token",
+        "refresh_token",
+        "id_token",
+        "Authorization",
+        "proxy-authorization",
+        "app-key",
+        "App-Key",
+        "user-token",
+        "USER_TOKEN",
+        "client_secret",
+        "X-Amz-Signature",
+        "cookie",
+        "Set-Cookie",
+        "api_key",
+        "X-API-Key",
+        "db_password",
+        "session_token",
+        "credentials",
+    ],
 )
 def test_values_under_secret_looking_keys_are_blanked(key: str) -> None:
     """Key names are compared without case, with - and _ alike."""
@@ -139,8 +164,23 @@ def test_values_under_secret_looking_keys_are_blanked(key: str) -> None:
 
 @pytest.mark.parametrize(
     "key",
-    ["expires_at", "token_expires_at", "token_check", "token_field", "password_field", "expires_in", "file",
-     "target", "upload_key", "status", "attempt", "step", "tokens_refreshed", "path", "url"],
+    [
+        "expires_at",
+        "token_expires_at",
+        "token_check",
+        "token_field",
+        "password_field",
+        "expires_in",
+        "file",
+        "target",
+        "upload_key",
+        "status",
+        "attempt",
+        "step",
+        "tokens_refreshed",
+        "path",
+        "url",
+    ],
 )
 def test_harmless_keys_that_merely_mention_a_secret_survive(key: str) -> None:
     """Only keys that name a secret are blanked; the admin still sees expiry times and field names."""
@@ -158,8 +198,10 @@ def test_an_absent_secret_is_shown_as_absent() -> None:
 def test_secret_keys_inside_nested_mappings_and_lists_are_blanked() -> None:
     """Headers logged as a mapping lose their credentials, wherever they sit."""
     redactor = Redactor()
-    event = {"request": {"headers": {"Authorization": "Bearer abcdefgh", "Accept": "application/json"}},
-             "attempts": [{"user-token": "u-1"}, {"app-key": "k-1", "step": "create"}]}
+    event = {
+        "request": {"headers": {"Authorization": "Bearer abcdefgh", "Accept": "application/json"}},
+        "attempts": [{"user-token": "u-1"}, {"app-key": "k-1", "step": "create"}],
+    }
     assert redactor(None, "info", event) == {
         "request": {"headers": {"Authorization": REDACTED, "Accept": "application/json"}},
         "attempts": [{"user-token": REDACTED}, {"app-key": REDACTED, "step": "create"}],

@@ -64,8 +64,12 @@ def run(
     async def go() -> dict[str, object]:
         async with httpx.AsyncClient(verify=tls(), transport=transport) as client:
             context = StepContext(
-                client=client, base_url=API, origin=ORIGIN, credential=StaticCredential(TOKEN_HEADERS),
-                activity=ApiActivity(FakeClock()), file=facts,
+                client=client,
+                base_url=API,
+                origin=ORIGIN,
+                credential=StaticCredential(TOKEN_HEADERS),
+                activity=ApiActivity(FakeClock()),
+                file=facts,
                 values={"file": facts.template_values(), "target": {"name": "video"}, **(outputs or {})},
             )
             return await run_step(step, context)
@@ -74,19 +78,35 @@ def run(
 
 
 def poll_step(**settings: Any) -> PollStep:
-    return PollStep.model_validate({
-        "kind": "poll", "name": "status", "path": "/consult-status", "query": {"file_id": "{upload.file_id}"},
-        "status_field": "status", "success": ["completed"], "failure": ["error"], "details_field": "details",
-        "interval": 0.01, "deadline": 0.2, **settings,
-    })
+    return PollStep.model_validate(
+        {
+            "kind": "poll",
+            "name": "status",
+            "path": "/consult-status",
+            "query": {"file_id": "{upload.file_id}"},
+            "status_field": "status",
+            "success": ["completed"],
+            "failure": ["error"],
+            "details_field": "details",
+            "interval": 0.01,
+            "deadline": 0.2,
+            **settings,
+        }
+    )
 
 
 def download_step(output_dir: Path, **settings: Any) -> DownloadStep:
-    return DownloadStep.model_validate({
-        "kind": "download", "name": "result", "path": "/api/download",
-        "query": {"task_id": "{submit.task_id}"}, "output_dir": str(output_dir),
-        "filename": "{file.stem}.mp4", **settings,
-    })
+    return DownloadStep.model_validate(
+        {
+            "kind": "download",
+            "name": "result",
+            "path": "/api/download",
+            "query": {"task_id": "{submit.task_id}"},
+            "output_dir": str(output_dir),
+            "filename": "{file.stem}.mp4",
+            **settings,
+        }
+    )
 
 
 UPLOAD = {"upload": {"file_id": "f-17"}}
@@ -99,11 +119,13 @@ SUBMIT = {"submit": {"task_id": "t-9"}}
 def test_a_poll_repeats_until_success_and_returns_status_and_details(tmp_path: Path) -> None:
     """processing, processing, completed: three requests, and the terminal answer is kept."""
     with respx.mock() as router:
-        route = router.get(f"{API}/consult-status", params={"file_id": "f-17"}).mock(side_effect=[
-            httpx.Response(200, json={"status": "processing", "details": None}),
-            httpx.Response(200, json={"status": "processing", "details": "50%"}),
-            httpx.Response(200, json={"status": "completed", "details": {"pages": 3}}),
-        ])
+        route = router.get(f"{API}/consult-status", params={"file_id": "f-17"}).mock(
+            side_effect=[
+                httpx.Response(200, json={"status": "processing", "details": None}),
+                httpx.Response(200, json={"status": "processing", "details": "50%"}),
+                httpx.Response(200, json={"status": "completed", "details": {"pages": 3}}),
+            ]
+        )
         saved = run(poll_step(), payload_file(tmp_path), UPLOAD)
     assert {"status": "completed", "details": {"pages": 3}} == saved
     assert 3 == route.call_count
@@ -123,15 +145,21 @@ def test_a_failure_value_is_permanent_and_carries_the_servers_details(tmp_path: 
 
 def test_the_conversion_preset_fails_on_failure_with_the_result_as_details(tmp_path: Path) -> None:
     """Flow C: ``FAILURE`` ends the poll; ``result`` is the details."""
-    steps = ConversionTaskUpload.model_validate({
-        "type": "conversion_task", "conversion_type": "mp4", "output_dir": str(tmp_path / "out"),
-        "poll": {"interval": "10ms", "deadline": "1s"},
-    }).steps
+    steps = ConversionTaskUpload.model_validate(
+        {
+            "type": "conversion_task",
+            "conversion_type": "mp4",
+            "output_dir": str(tmp_path / "out"),
+            "poll": {"interval": "10ms", "deadline": "1s"},
+        }
+    ).steps
     with respx.mock() as router:
-        router.get(f"{API}/api/tasks/t-9").mock(side_effect=[
-            httpx.Response(200, json={"state": "PENDING", "result": None}),
-            httpx.Response(200, json={"state": "FAILURE", "result": "codec not supported"}),
-        ])
+        router.get(f"{API}/api/tasks/t-9").mock(
+            side_effect=[
+                httpx.Response(200, json={"state": "PENDING", "result": None}),
+                httpx.Response(200, json={"state": "FAILURE", "result": "codec not supported"}),
+            ]
+        )
         with pytest.raises(PermanentDeliveryError) as caught:
             run(steps[1], payload_file(tmp_path), SUBMIT)
     assert "codec not supported" == caught.value.details
@@ -154,9 +182,12 @@ def test_numeric_and_boolean_status_values_are_compared_as_text(
 ) -> None:
     """``{"status": 2}`` matches ``success: ["2"]``."""
     with respx.mock() as router:
-        router.get(f"{API}/consult-status").mock(side_effect=[
-            httpx.Response(200, json={"status": 0}), httpx.Response(200, json={"status": value}),
-        ])
+        router.get(f"{API}/consult-status").mock(
+            side_effect=[
+                httpx.Response(200, json={"status": 0}),
+                httpx.Response(200, json={"status": value}),
+            ]
+        )
         saved = run(poll_step(success=[success], failure=["-1"]), payload_file(tmp_path), UPLOAD)
     assert success == saved["status"]
 
@@ -172,10 +203,14 @@ def test_a_numeric_failure_value_is_compared_as_text(tmp_path: Path) -> None:
 def test_values_to_save_are_read_from_the_terminal_answer_only(tmp_path: Path) -> None:
     """A ``save`` path that only exists once the task is done does not break the waiting polls."""
     with respx.mock() as router:
-        router.get(f"{API}/consult-status").mock(side_effect=[
-            httpx.Response(200, json={"status": "processing", "result": None}),
-            httpx.Response(200, json={"status": "completed", "result": {"url": "https://cdn.test/r.pdf"}}),
-        ])
+        router.get(f"{API}/consult-status").mock(
+            side_effect=[
+                httpx.Response(200, json={"status": "processing", "result": None}),
+                httpx.Response(
+                    200, json={"status": "completed", "result": {"url": "https://cdn.test/r.pdf"}}
+                ),
+            ]
+        )
         saved = run(poll_step(save={"result_url": "result.url"}), payload_file(tmp_path), UPLOAD)
     assert "https://cdn.test/r.pdf" == saved["result_url"]
 
@@ -201,10 +236,12 @@ def test_a_poll_answer_without_a_status_is_a_bad_response(tmp_path: Path, body: 
 def test_a_server_error_while_polling_is_transient(tmp_path: Path) -> None:
     """A 503 between polls stops this attempt; the poll resumes on the next one."""
     with respx.mock() as router:
-        router.get(f"{API}/consult-status").mock(side_effect=[
-            httpx.Response(200, json={"status": "processing"}),
-            httpx.Response(503, headers={"Retry-After": "2"}),
-        ])
+        router.get(f"{API}/consult-status").mock(
+            side_effect=[
+                httpx.Response(200, json={"status": "processing"}),
+                httpx.Response(503, headers={"Retry-After": "2"}),
+            ]
+        )
         with pytest.raises(TransientDeliveryError) as caught:
             run(poll_step(), payload_file(tmp_path), UPLOAD)
     assert 2.0 == caught.value.retry_after
@@ -261,13 +298,16 @@ def test_a_download_is_written_to_a_part_file_first_then_renamed(tmp_path: Path)
 
     chunks = [b"a" * 300_000, b"b" * 300_000, b"c" * 10]
     response = httpx.Response(
-        200, stream=PeekingStream(chunks, peek),
+        200,
+        stream=PeekingStream(chunks, peek),
         headers={"Content-Disposition": 'attachment; filename="converted.mp4"', "Content-Length": "600010"},
     )
     saved = run(download_step(out), payload_file(tmp_path), SUBMIT, transport=OneResponse(response))
     assert seen
-    assert all(len(names) == 1 and names[0].startswith("converted.mp4.") and names[0].endswith(".part")
-               for names in seen)
+    assert all(
+        len(names) == 1 and names[0].startswith("converted.mp4.") and names[0].endswith(".part")
+        for names in seen
+    )
     assert ["converted.mp4"] == sorted(path.name for path in out.iterdir())
     assert b"".join(chunks) == (out / "converted.mp4").read_bytes()
     assert {"path": str(out / "converted.mp4"), "filename": "converted.mp4"} == saved
@@ -278,7 +318,8 @@ def test_a_download_uses_the_content_disposition_name(tmp_path: Path) -> None:
     out = tmp_path / "out"
     with respx.mock() as router:
         route = router.get(f"{API}/api/download", params={"task_id": "t-9"}).respond(
-            200, content=b"MP4DATA",
+            200,
+            content=b"MP4DATA",
             headers={"Content-Disposition": "attachment; filename=clip-converted.mp4"},
         )
         saved = run(download_step(out), payload_file(tmp_path), SUBMIT)
@@ -291,10 +332,13 @@ def test_a_download_decodes_an_rfc5987_file_name(tmp_path: Path) -> None:
     """``filename*=UTF-8''relat%C3%B3rio.pdf`` becomes ``relatório.pdf``."""
     out = tmp_path / "out"
     with respx.mock() as router:
-        router.get(f"{API}/api/download").respond(200, content=b"PDF", headers={
-            "Content-Disposition":
-                "attachment; filename=\"relatorio.pdf\"; filename*=UTF-8''relat%C3%B3rio.pdf",
-        })
+        router.get(f"{API}/api/download").respond(
+            200,
+            content=b"PDF",
+            headers={
+                "Content-Disposition": "attachment; filename=\"relatorio.pdf\"; filename*=UTF-8''relat%C3%B3rio.pdf",  # noqa: E501
+            },
+        )
         saved = run(download_step(out), payload_file(tmp_path), SUBMIT)
     assert "relatório.pdf" == saved["filename"]
     assert b"PDF" == (out / "relatório.pdf").read_bytes()
@@ -329,10 +373,14 @@ def test_a_download_without_a_server_name_uses_the_template(tmp_path: Path) -> N
     """No Content-Disposition (or one reduced to nothing): ``{file.stem}.mp4``."""
     out = tmp_path / "out"
     with respx.mock() as router:
-        router.get(f"{API}/api/download").mock(side_effect=[
-            httpx.Response(200, content=b"one"),
-            httpx.Response(200, content=b"two", headers={"Content-Disposition": 'attachment; filename=".."'}),
-        ])
+        router.get(f"{API}/api/download").mock(
+            side_effect=[
+                httpx.Response(200, content=b"one"),
+                httpx.Response(
+                    200, content=b"two", headers={"Content-Disposition": 'attachment; filename=".."'}
+                ),
+            ]
+        )
         first = run(download_step(out), payload_file(tmp_path, "holiday.mov"), SUBMIT)
         second = run(download_step(out), payload_file(tmp_path, "holiday.mov"), SUBMIT)
     assert "holiday.mp4" == first["filename"]
@@ -344,10 +392,12 @@ def test_a_download_never_overwrites_an_earlier_result(tmp_path: Path) -> None:
     out = tmp_path / "out"
     header = {"Content-Disposition": 'attachment; filename="result.mp4"'}
     with respx.mock() as router:
-        router.get(f"{API}/api/download").mock(side_effect=[
-            httpx.Response(200, content=b"first", headers=header),
-            httpx.Response(200, content=b"second", headers=header),
-        ])
+        router.get(f"{API}/api/download").mock(
+            side_effect=[
+                httpx.Response(200, content=b"first", headers=header),
+                httpx.Response(200, content=b"second", headers=header),
+            ]
+        )
         run(download_step(out), payload_file(tmp_path), SUBMIT)
         saved = run(download_step(out), payload_file(tmp_path), SUBMIT)
     assert "result.1.mp4" == saved["filename"]
@@ -361,7 +411,8 @@ def test_a_body_shorter_than_its_content_length_is_transient_and_leaves_nothing(
     out = tmp_path / "out"
     with respx.mock() as router:
         router.get(f"{API}/api/download").respond(
-            200, content=b"only part",
+            200,
+            content=b"only part",
             headers={"Content-Length": "100", "Content-Disposition": "attachment; filename=r.mp4"},
         )
         with pytest.raises(TransientDeliveryError) as caught:

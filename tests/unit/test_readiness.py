@@ -83,11 +83,15 @@ def offered() -> list[str]:
     return []
 
 
-def make_tracker(timers: FakeTimers, folder: Folder, offered: list[str], settle: float = SETTLE) -> ReadinessTracker:
+def make_tracker(
+    timers: FakeTimers, folder: Folder, offered: list[str], settle: float = SETTLE
+) -> ReadinessTracker:
     return ReadinessTracker(settle, offered.append, folder.stat, cast(asyncio.AbstractEventLoop, timers))
 
 
-def test_closed_file_is_offered_after_the_settle_period(timers: FakeTimers, folder: Folder, offered: list[str]) -> None:
+def test_closed_file_is_offered_after_the_settle_period(
+    timers: FakeTimers, folder: Folder, offered: list[str]
+) -> None:
     """A closed file is ready once its size and mtime held still for `settle`."""
     tracker = make_tracker(timers, folder, offered)
     folder.write("a.csv", 10, 1)
@@ -99,7 +103,9 @@ def test_closed_file_is_offered_after_the_settle_period(timers: FakeTimers, fold
     assert ["a.csv"] == offered
 
 
-def test_zero_settle_offers_at_the_moment_of_closing(timers: FakeTimers, folder: Folder, offered: list[str]) -> None:
+def test_zero_settle_offers_at_the_moment_of_closing(
+    timers: FakeTimers, folder: Folder, offered: list[str]
+) -> None:
     """With settle 0 a file is offered when its writer closes it, without a timer."""
     tracker = make_tracker(timers, folder, offered, settle=0)
     folder.write("a.csv", 10, 1)
@@ -108,7 +114,9 @@ def test_zero_settle_offers_at_the_moment_of_closing(timers: FakeTimers, folder:
     assert 0 == timers.active
 
 
-def test_file_still_open_for_writing_is_never_offered(timers: FakeTimers, folder: Folder, offered: list[str]) -> None:
+def test_file_still_open_for_writing_is_never_offered(
+    timers: FakeTimers, folder: Folder, offered: list[str]
+) -> None:
     """A writer pausing far longer than `settle` does not make a half-written file ready."""
     tracker = make_tracker(timers, folder, offered)
     folder.write("big.bin", 100, 1)
@@ -122,7 +130,9 @@ def test_file_still_open_for_writing_is_never_offered(timers: FakeTimers, folder
     assert ["big.bin"] == offered
 
 
-def test_write_during_settling_waits_for_the_next_close(timers: FakeTimers, folder: Folder, offered: list[str]) -> None:
+def test_write_during_settling_waits_for_the_next_close(
+    timers: FakeTimers, folder: Folder, offered: list[str]
+) -> None:
     """A file reopened for writing while settling goes back to waiting for its close."""
     tracker = make_tracker(timers, folder, offered)
     folder.write("a.csv", 10, 1)
@@ -151,7 +161,9 @@ def test_change_seen_at_the_settle_check_restarts_the_period(
     assert ["a.csv"] == offered
 
 
-def test_metadata_change_restarts_the_settle_period(timers: FakeTimers, folder: Folder, offered: list[str]) -> None:
+def test_metadata_change_restarts_the_settle_period(
+    timers: FakeTimers, folder: Folder, offered: list[str]
+) -> None:
     """`touch` or `chmod` on a settling file makes it settle again from that moment."""
     tracker = make_tracker(timers, folder, offered)
     folder.write("a.csv", 10, 1)
@@ -176,7 +188,9 @@ def test_removed_file_is_forgotten(timers: FakeTimers, folder: Folder, offered: 
     assert not tracker.tracked("a.csv")
 
 
-def test_file_gone_at_the_settle_check_is_dropped(timers: FakeTimers, folder: Folder, offered: list[str]) -> None:
+def test_file_gone_at_the_settle_check_is_dropped(
+    timers: FakeTimers, folder: Folder, offered: list[str]
+) -> None:
     """A file that vanished without an event is dropped at its settle check."""
     tracker = make_tracker(timers, folder, offered)
     folder.write("a.csv", 10, 1)

@@ -64,8 +64,11 @@ def runrun_steps() -> tuple[Step, ...]:
 def presigned_steps() -> tuple[Step, ...]:
     """Flow P: upload -> store -> confirm -> status (poll)."""
     return PresignedStatusUpload.model_validate(
-        {"type": "presigned_with_status", "storage": {"url": BUCKET},
-         "poll": {"interval": "10ms", "deadline": "1s"}}
+        {
+            "type": "presigned_with_status",
+            "storage": {"url": BUCKET},
+            "poll": {"interval": "10ms", "deadline": "1s"},
+        }
     ).steps
 
 
@@ -177,11 +180,15 @@ def deliver(steps: Sequence[Step], journal: Journal, record: FileRecord, facts: 
 
     async def go() -> None:
         async with httpx.AsyncClient(verify=tls()) as client:
+
             def make_context(outputs: dict[str, object]) -> StepContext:
                 return StepContext(
-                    client=client, base_url=API, origin=ORIGIN,
+                    client=client,
+                    base_url=API,
+                    origin=ORIGIN,
                     credential=StaticCredential({"app-key": "k", "user-token": "u"}),
-                    activity=ApiActivity(FakeClock()), file=facts,
+                    activity=ApiActivity(FakeClock()),
+                    file=facts,
                     values={"file": facts.template_values(), "target": {"name": "docs"}, **outputs},
                 )
 
@@ -299,8 +306,12 @@ def test_a_delivery_with_every_step_done_sends_nothing(journal: Journal, facts: 
 def test_an_in_flight_poll_resumes_with_the_saved_values(journal: Journal, facts: FileFacts) -> None:
     """A crash during the poll repeats only the poll."""
     record = new_record(journal, facts)
-    journal.step_finished(record.id, 2, {"upload": {"file_id": "f-3", "fields": {"k": "v"}}, "store": {},
-                                         "confirm": {}}, 1_700_000_001.0)
+    journal.step_finished(
+        record.id,
+        2,
+        {"upload": {"file_id": "f-3", "fields": {"k": "v"}}, "store": {}, "confirm": {}},
+        1_700_000_001.0,
+    )
     journal.step_started(record.id, 3, 1_700_000_002.0)
     with respx.mock(assert_all_called=False) as router:
         confirm = router.post(f"{API}/confirm-upload").respond(200)
@@ -313,8 +324,9 @@ def test_an_in_flight_poll_resumes_with_the_saved_values(journal: Journal, facts
 def test_an_in_flight_confirm_starts_over_with_a_fresh_grant(journal: Journal, facts: FileFacts) -> None:
     """A POST whose outcome is unknown is not repeated from the middle: the delivery restarts."""
     record = new_record(journal, facts)
-    journal.step_finished(record.id, 1, {"create": {"id": 5, "fields": {"policy": "old"}}, "store": {}},
-                          1_700_000_001.0)
+    journal.step_finished(
+        record.id, 1, {"create": {"id": 5, "fields": {"policy": "old"}}, "store": {}}, 1_700_000_001.0
+    )
     journal.step_started(record.id, 2, 1_700_000_002.0)
     with respx.mock() as router:
         create, storage, confirm = routes(router)

@@ -196,9 +196,15 @@ def test_secret_values_finds_every_secret_in_a_parsed_config(tmp_path: Path) -> 
             upload: {{type: multipart}}
     """)
     config = parse_config(text, "test", {"PW": VALUE, "CLIENT_SECRET": "cognito-client-secret"})
-    assert sorted(secret_values(config)) == sorted([
-        VALUE, "app-key-from-file", "literal-user-token", "cognito-client-secret", "cognito-password",
-    ])
+    assert sorted(secret_values(config)) == sorted(
+        [
+            VALUE,
+            "app-key-from-file",
+            "literal-user-token",
+            "cognito-client-secret",
+            "cognito-password",
+        ]
+    )
 
 
 def test_secret_values_skips_unresolved_secrets(tmp_path: Path) -> None:

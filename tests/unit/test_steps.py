@@ -96,9 +96,12 @@ def run(
     async def go() -> dict[str, object]:
         async with httpx.AsyncClient(verify=tls()) as client:
             context = StepContext(
-                client=client, base_url=API, origin=ORIGIN,
+                client=client,
+                base_url=API,
+                origin=ORIGIN,
                 credential=credential or RecordingCredential(),
-                activity=activity or ApiActivity(FakeClock()), file=facts,
+                activity=activity or ApiActivity(FakeClock()),
+                file=facts,
                 values={"file": facts.template_values(), "target": {"name": "docs"}, **(outputs or {})},
             )
             return await run_step(step, context)
@@ -128,8 +131,11 @@ def form_parts(request: httpx.Request) -> list[tuple[str, str | None, str, bytes
 @pytest.mark.parametrize(
     ("body", "content_type", "expected"),
     [
-        (b"<html>502 Bad Gateway</html>", "text/html",
-         "the response is not JSON (text/html): <html>502 Bad Gateway"),
+        (
+            b"<html>502 Bad Gateway</html>",
+            "text/html",
+            "the response is not JSON (text/html): <html>502 Bad Gateway",
+        ),
         (b"", "application/json", "the response body is empty; expected JSON"),
         (b"   \n", "application/json", "the response body is empty; expected JSON"),
         (b'{"fields": {"key": "k"}}', "application/json", "the response has no 'id' (is missing)"),
@@ -303,10 +309,17 @@ def test_a_successful_credentialed_call_marks_the_api_as_in_use(tmp_path: Path) 
 def test_templates_fill_the_path_the_query_and_the_json_body(tmp_path: Path) -> None:
     """``{create.id}`` in the path, ``{file.size}`` as a JSON integer, query values as text."""
     step = request_step(
-        name="confirm", path="/documents/{create.id}/mark_as_uploaded",
+        name="confirm",
+        path="/documents/{create.id}/mark_as_uploaded",
         query={"task_id": 99, "name": "{file.name}", "size": "{file.size}"},
-        json={"document": {"data_file_name": "{file.name}", "data_file_size": "{file.size}",
-                           "label": "size {file.size} bytes", "warning_duplicate": False}},
+        json={
+            "document": {
+                "data_file_name": "{file.name}",
+                "data_file_size": "{file.size}",
+                "label": "size {file.size} bytes",
+                "warning_duplicate": False,
+            }
+        },
     )
     facts = payload_file(tmp_path, "relatório final.pdf", b"x" * 1234)
     with respx.mock() as router:
@@ -315,8 +328,12 @@ def test_templates_fill_the_path_the_query_and_the_json_body(tmp_path: Path) -> 
     request = route.calls.last.request
     assert {"task_id": "99", "name": "relatório final.pdf", "size": "1234"} == dict(request.url.params)
     assert {
-        "document": {"data_file_name": "relatório final.pdf", "data_file_size": 1234,
-                     "label": "size 1234 bytes", "warning_duplicate": False}
+        "document": {
+            "data_file_name": "relatório final.pdf",
+            "data_file_size": 1234,
+            "label": "size 1234 bytes",
+            "warning_duplicate": False,
+        }
     } == json.loads(request.content)
     assert "application/json" == request.headers["Content-Type"]
 
@@ -339,8 +356,12 @@ def test_the_credential_is_refused_for_a_url_outside_the_api_origin(tmp_path: Pa
     with respx.mock(assert_all_called=False) as router:
         route = router.get("https://evil.example.test/steal").respond(200)
         with pytest.raises(PermanentDeliveryError) as caught:
-            run(step, payload_file(tmp_path), outputs={"create": {"next": "https://evil.example.test/steal?x=1"}},
-                credential=credential)
+            run(
+                step,
+                payload_file(tmp_path),
+                outputs={"create": {"next": "https://evil.example.test/steal?x=1"}},
+                credential=credential,
+            )
     assert not route.called
     assert 0 == credential.asked
     assert (
@@ -350,7 +371,12 @@ def test_the_credential_is_refused_for_a_url_outside_the_api_origin(tmp_path: Pa
 
 
 @pytest.mark.parametrize(
-    "url", ["http://api.example.test/v1/x", "https://api.example.test:8443/v1/x", "https://api.example.test.evil.test/x"]
+    "url",
+    [
+        "http://api.example.test/v1/x",
+        "https://api.example.test:8443/v1/x",
+        "https://api.example.test.evil.test/x",
+    ],
 )
 def test_the_credential_is_refused_for_another_scheme_port_or_lookalike_host(
     tmp_path: Path, url: str
@@ -366,7 +392,9 @@ def test_the_credential_goes_to_a_url_on_the_api_origin(tmp_path: Path) -> None:
     step = request_step(name="fetch", path=None, url="{create.next}", method="GET")
     with respx.mock() as router:
         route = router.get(f"{API}/next").respond(200)
-        run(step, payload_file(tmp_path), outputs={"create": {"next": "https://API.example.test:443/v1/next"}})
+        run(
+            step, payload_file(tmp_path), outputs={"create": {"next": "https://API.example.test:443/v1/next"}}
+        )
     assert f"Bearer {TOKEN}" == route.calls.last.request.headers["Authorization"]
 
 
@@ -417,11 +445,16 @@ def test_configured_headers_are_rendered_and_sent_with_the_credential(tmp_path: 
 
 def test_a_multipart_step_sends_the_fields_then_the_file_with_the_credential(tmp_path: Path) -> None:
     """Field name, file name, rendered extra fields and the bearer token all arrive."""
-    step = MultipartStep.model_validate({
-        "kind": "multipart", "name": "submit", "path": "/api/tasks", "file_field": "upload",
-        "fields": {"conversion_type": "mp4", "original": "{file.name}", "bytes": "{file.size}"},
-        "save": {"task_id": "task_id"},
-    })
+    step = MultipartStep.model_validate(
+        {
+            "kind": "multipart",
+            "name": "submit",
+            "path": "/api/tasks",
+            "file_field": "upload",
+            "fields": {"conversion_type": "mp4", "original": "{file.name}", "bytes": "{file.size}"},
+            "save": {"task_id": "task_id"},
+        }
+    )
     facts = payload_file(tmp_path, "clip.mov", b"\x00\x01movie-bytes")
     with respx.mock() as router:
         answer = {"message": "Conversion started", "task_id": "t-1"}

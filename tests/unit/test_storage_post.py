@@ -109,8 +109,12 @@ def run(
         headers = {"User-Agent": "uploader-daemon"}
         async with httpx.AsyncClient(verify=tls(), transport=transport, headers=headers) as client:
             context = StepContext(
-                client=client, base_url=API, origin=ORIGIN, credential=credential or RecordingCredential(),
-                activity=ApiActivity(FakeClock()), file=facts,
+                client=client,
+                base_url=API,
+                origin=ORIGIN,
+                credential=credential or RecordingCredential(),
+                activity=ApiActivity(FakeClock()),
+                file=facts,
                 values={"file": facts.template_values(), "target": {"name": "docs"}, **outputs},
             )
             return await run_step(step, context)
@@ -205,8 +209,11 @@ def test_a_storage_url_from_the_response_is_used(tmp_path: Path) -> None:
     step = storage_step(url="{locate.url}", fields="{locate.fields}")
     with respx.mock() as router:
         route = router.post("https://gateway-bucket.s3.example.test/").respond(204)
-        run(step, payload_file(tmp_path),
-            {"locate": {"url": "https://gateway-bucket.s3.example.test/", "fields": {"key": "a/b"}}})
+        run(
+            step,
+            payload_file(tmp_path),
+            {"locate": {"url": "https://gateway-bucket.s3.example.test/", "fields": {"key": "a/b"}}},
+        )
     assert route.called
 
 
@@ -253,8 +260,12 @@ def test_the_file_is_streamed_in_chunks_not_read_into_memory(tmp_path: Path) -> 
     """A 1 MiB file leaves as a multipart stream of small chunks, with a known length."""
     content = bytes(range(256)) * 4096
     spy = StreamSpy()
-    run(storage_step(), payload_file(tmp_path, "big.bin", content), {"create": {"fields": SIGV4_FIELDS}},
-        transport=spy)
+    run(
+        storage_step(),
+        payload_file(tmp_path, "big.bin", content),
+        {"create": {"fields": SIGV4_FIELDS}},
+        transport=spy,
+    )
     assert spy.stream_type is not httpx.ByteStream
     assert spy.stream_type is not None
     assert "Multipart" in spy.stream_type.__name__
@@ -324,8 +335,11 @@ def test_entity_too_large_is_permanent_with_the_s3_code(tmp_path: Path) -> None:
 def test_slow_down_is_transient_with_retry_after(tmp_path: Path) -> None:
     """503 SlowDown is retried later, as the storage asks."""
     with respx.mock() as router:
-        router.post(BUCKET).respond(503, content=s3_error("SlowDown", "Please reduce your request rate."),
-                                   headers={"Retry-After": "3"})
+        router.post(BUCKET).respond(
+            503,
+            content=s3_error("SlowDown", "Please reduce your request rate."),
+            headers={"Retry-After": "3"},
+        )
         with pytest.raises(TransientDeliveryError) as caught:
             run(storage_step(), payload_file(tmp_path), {"create": {"fields": SIGV4_FIELDS}})
     assert 3.0 == caught.value.retry_after
@@ -361,8 +375,11 @@ def test_no_answer_from_storage_is_transient_and_names_the_host(tmp_path: Path, 
 @pytest.mark.parametrize(
     ("fields", "kind"),
     [
-        ("key=abc&policy=xyz", "str"), (["key", "policy"], "list"), ({}, "an empty mapping"),
-        (12, "int"), (None, "null"),
+        ("key=abc&policy=xyz", "str"),
+        (["key", "policy"], "list"),
+        ({}, "an empty mapping"),
+        (12, "int"),
+        (None, "null"),
     ],
 )
 def test_fields_that_are_not_a_mapping_are_a_bad_response(tmp_path: Path, fields: object, kind: str) -> None:
@@ -384,7 +401,8 @@ def test_missing_fields_are_a_bad_response_naming_the_reference(tmp_path: Path) 
 
 
 @pytest.mark.parametrize(
-    "url", ["ftp://bucket.example.test/", "s3://bucket/key", "", "/relative/path", "https://", "http://[::1/x"]
+    "url",
+    ["ftp://bucket.example.test/", "s3://bucket/key", "", "/relative/path", "https://", "http://[::1/x"],
 )
 def test_a_storage_url_that_is_not_http_is_a_bad_response(tmp_path: Path, url: str) -> None:
     """Only absolute http(s) URLs with a host are posted to."""

@@ -29,10 +29,11 @@ VALUES: dict[str, object] = {
 
 
 def test_a_single_placeholder_keeps_the_value_type() -> None:
-    """"{file.size}" sends a number in JSON, "{create.fields}" a mapping."""
+    """ "{file.size}" sends a number in JSON, "{create.fields}" a mapping."""
     assert render("{file.size}", VALUES) == 1234
     assert render("{create.fields}", VALUES) == {
-        "key": "uploads/report.csv", "X-Amz-Date": "20240101T000000Z",
+        "key": "uploads/report.csv",
+        "X-Amz-Date": "20240101T000000Z",
     }
     assert render("{create.ok}", VALUES) is True
     assert render("{create.nothing}", VALUES) is None
@@ -82,14 +83,18 @@ def test_a_stray_brace_is_an_error(template: str) -> None:
 def test_references_lists_every_placeholder_in_order() -> None:
     """The config checker uses this to validate templates before anything runs."""
     assert references("/a/{create.id}/{file.name}/{create.fields.X-Amz-Date}") == [
-        "create.id", "file.name", "create.fields.X-Amz-Date",
+        "create.id",
+        "file.name",
+        "create.fields.X-Amz-Date",
     ]
 
 
 def test_references_in_walks_nested_lists_and_mappings() -> None:
     """Templates inside a JSON body are found wherever they sit; other values are ignored."""
-    body = {"document": {"name": "{file.name}", "size": "{file.size}", "flag": False, "n": 3},
-            "list": ["{create.id}", ("{target.name}",)]}
+    body = {
+        "document": {"name": "{file.name}", "size": "{file.size}", "flag": False, "n": 3},
+        "list": ["{create.id}", ("{target.name}",)],
+    }
     assert sorted(references_in(body)) == ["create.id", "file.name", "file.size", "target.name"]
 
 
@@ -147,7 +152,9 @@ def test_render_tree_renders_every_string_and_keeps_other_values() -> None:
     """A JSON body keeps its shape; strings are rendered, numbers and booleans pass through."""
     body = {
         "document": {
-            "data_file_name": "{file.name}", "data_file_size": "{file.size}", "warning_duplicate": False,
+            "data_file_name": "{file.name}",
+            "data_file_size": "{file.size}",
+            "warning_duplicate": False,
         },
         "tags": ["{file.stem}", 7, ("{create.id}",)],
         "none": None,
@@ -162,5 +169,12 @@ def test_render_tree_renders_every_string_and_keeps_other_values() -> None:
 def test_as_text_writes_scalars_plainly_and_structures_as_json() -> None:
     """The text form of each kind of value."""
     assert [as_text(value) for value in ("x", True, False, None, 3, 1.5, [1, "a"], {"k": 1})] == [
-        "x", "true", "false", "", "3", "1.5", '[1,"a"]', '{"k":1}',
+        "x",
+        "true",
+        "false",
+        "",
+        "3",
+        "1.5",
+        '[1,"a"]',
+        '{"k":1}',
     ]

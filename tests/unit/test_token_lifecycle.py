@@ -132,13 +132,15 @@ class TokenApi:
 
     def _login(self, request: httpx.Request) -> httpx.Response:
         self.login_sent_at.append(self.clock.now())
-        return httpx.Response(200, json={"access_token": f"login-{len(self.login_sent_at)}",
-                                         "expires_in": self.lifetime})
+        return httpx.Response(
+            200, json={"access_token": f"login-{len(self.login_sent_at)}", "expires_in": self.lifetime}
+        )
 
     def _refresh(self, request: httpx.Request) -> httpx.Response:
         self.refreshes += 1
-        return httpx.Response(200, json={"access_token": f"refresh-{self.refreshes}",
-                                         "expires_in": self.lifetime})
+        return httpx.Response(
+            200, json={"access_token": f"refresh-{self.refreshes}", "expires_in": self.lifetime}
+        )
 
     @property
     def refresh_tokens_sent(self) -> list[str]:
@@ -160,17 +162,25 @@ class Rig:
 
     def target(self, auth: str = TOKEN_AUTH, base_url: str = BASE_URL) -> TargetSettings:
         config = load(
-            CONFIG, {"UPLOADER_PASSWORD": PASSWORD},
-            state=self.tmp_path / "state", drop=self.tmp_path / "drop", failed=self.tmp_path / "failed",
-            base_url=base_url, auth=textwrap.indent(textwrap.dedent(auth).strip(), " " * 6),
+            CONFIG,
+            {"UPLOADER_PASSWORD": PASSWORD},
+            state=self.tmp_path / "state",
+            drop=self.tmp_path / "drop",
+            failed=self.tmp_path / "failed",
+            base_url=base_url,
+            auth=textwrap.indent(textwrap.dedent(auth).strip(), " " * 6),
         )
         return config.targets[0]
 
     def credential(self, auth: str = TOKEN_AUTH, base_url: str = BASE_URL) -> ManagedTokenCredential:
         """A new credential object, as after a (re)start of the daemon."""
         credential = build_credential(
-            self.target(auth, base_url), client=self.client, clock=self.clock, activity=self.activity,
-            tokens_dir=self.tokens_dir, redactor=self.redactor,
+            self.target(auth, base_url),
+            client=self.client,
+            clock=self.clock,
+            activity=self.activity,
+            tokens_dir=self.tokens_dir,
+            redactor=self.redactor,
         )
         assert isinstance(credential, ManagedTokenCredential)
         return credential
@@ -575,8 +585,11 @@ def test_every_new_token_announces_when_renewal_is_next_due(rig: Rig, api: Token
     restarted.restore()
 
     refreshed_expiry = rig.clock.now() + LIFETIME
-    assert [START + LIFETIME - BEFORE_EXPIRY, refreshed_expiry - BEFORE_EXPIRY,
-            refreshed_expiry - BEFORE_EXPIRY] == announced
+    assert [
+        START + LIFETIME - BEFORE_EXPIRY,
+        refreshed_expiry - BEFORE_EXPIRY,
+        refreshed_expiry - BEFORE_EXPIRY,
+    ] == announced
     assert refreshed_expiry - BEFORE_EXPIRY == restarted.renew_at
 
 
@@ -799,10 +812,12 @@ def test_a_failed_login_raises_with_a_retry_time_from_the_targets_backoff(
 
 def test_during_the_backoff_requests_fail_at_once_without_sending(rig: Rig, router: respx.MockRouter) -> None:
     """Until ``retry_at`` nothing is sent; after it, the next request logs in again."""
-    login = router.post("/auth/login").mock(side_effect=[
-        httpx.Response(503),
-        httpx.Response(200, json={"access_token": "at-last", "expires_in": 3600}),
-    ])
+    login = router.post("/auth/login").mock(
+        side_effect=[
+            httpx.Response(503),
+            httpx.Response(200, json={"access_token": "at-last", "expires_in": 3600}),
+        ]
+    )
     credential = rig.credential()
     first = login_failure(credential)
 
@@ -819,11 +834,14 @@ def test_the_backoff_grows_with_consecutive_failures_and_resets_after_success(
     rig: Rig, router: respx.MockRouter
 ) -> None:
     """10 s, then 20 s (each with jitter, capped at ``max_backoff``); a success starts over."""
-    router.post("/auth/login").mock(side_effect=[
-        httpx.Response(500), httpx.Response(500),
-        httpx.Response(200, json={"access_token": "ok", "expires_in": 60}),
-        httpx.Response(500),
-    ])
+    router.post("/auth/login").mock(
+        side_effect=[
+            httpx.Response(500),
+            httpx.Response(500),
+            httpx.Response(200, json={"access_token": "ok", "expires_in": 60}),
+            httpx.Response(500),
+        ]
+    )
     credential = rig.credential()
 
     delays = []
@@ -844,8 +862,9 @@ def test_a_failed_login_is_logged_with_its_status_but_never_the_password(
     rig: Rig, router: respx.MockRouter
 ) -> None:
     """``login_failed`` names the status and a hint, even when the server quotes the password back."""
-    echo = {"detail": [{"msg": "invalid credentials",
-                        "input": {"username": "uploader", "password": PASSWORD}}]}
+    echo = {
+        "detail": [{"msg": "invalid credentials", "input": {"username": "uploader", "password": PASSWORD}}]
+    }
     router.post("/auth/login").respond(401, json=echo)
     credential = rig.credential()
 
@@ -968,21 +987,30 @@ class FakeProvider:
 
 def managed(rig: Rig, provider: FakeProvider) -> ManagedTokenCredential:
     return ManagedTokenCredential(
-        target="reports", provider=provider, store=TokenStore(rig.tokens_dir, "reports", "fake identity"),
-        clock=rig.clock, activity=rig.activity,
+        target="reports",
+        provider=provider,
+        store=TokenStore(rig.tokens_dir, "reports", "fake identity"),
+        clock=rig.clock,
+        activity=rig.activity,
         renewal=RenewalSettings(check_every=60, before_expiry=300, active_within=1800),
-        retry=RetrySettings(backoff=10, max_backoff=60), header_name="Authorization",
-        header_template="Bearer {token}", expiry_margin=10, redactor=rig.redactor,
+        retry=RetrySettings(backoff=10, max_backoff=60),
+        header_name="Authorization",
+        header_template="Bearer {token}",
+        expiry_margin=10,
+        redactor=rig.redactor,
     )
 
 
 def test_a_refresh_answer_without_a_refresh_token_keeps_the_previous_one(rig: Rig) -> None:
     """Cognito's ``REFRESH_TOKEN_AUTH`` returns no new refresh token: the old one stays usable."""
-    provider = FakeProvider(rig.clock, [
-        TokenGrant("access-1", START + 3600, START, refresh_token="refresh-token-1"),
-        TokenGrant("access-2", START + 3400 + 3600, START + 3400),
-        TokenGrant("access-3", START + 6800 + 3600, START + 6800),
-    ])
+    provider = FakeProvider(
+        rig.clock,
+        [
+            TokenGrant("access-1", START + 3600, START, refresh_token="refresh-token-1"),
+            TokenGrant("access-2", START + 3400 + 3600, START + 3400),
+            TokenGrant("access-3", START + 6800 + 3600, START + 6800),
+        ],
+    )
     credential = managed(rig, provider)
     headers_now(credential)
     rig.activity.touch()
@@ -1001,11 +1029,14 @@ def test_a_refresh_answer_without_a_refresh_token_keeps_the_previous_one(rig: Ri
 
 def test_a_rejected_refresh_from_any_provider_logs_in_once(rig: Rig) -> None:
     """The fallback to a password login is the credential's rule, not the HTTP provider's."""
-    provider = FakeProvider(rig.clock, [
-        TokenGrant("access-1", START + 3600, START, refresh_token="refresh-token-1"),
-        TokenRequestError("refresh token revoked", rejected=True),
-        TokenGrant("access-2", START + 3400 + 3600, START + 3400, refresh_token="refresh-token-2"),
-    ])
+    provider = FakeProvider(
+        rig.clock,
+        [
+            TokenGrant("access-1", START + 3600, START, refresh_token="refresh-token-1"),
+            TokenRequestError("refresh token revoked", rejected=True),
+            TokenGrant("access-2", START + 3400 + 3600, START + 3400, refresh_token="refresh-token-2"),
+        ],
+    )
     credential = managed(rig, provider)
     headers_now(credential)
     near_expiry(rig, credential, left=200)
@@ -1022,14 +1053,20 @@ def test_a_rejected_refresh_from_any_provider_logs_in_once(rig: Rig) -> None:
 
 def test_static_headers_are_returned_as_configured(rig: Rig) -> None:
     """``type: headers`` (flow R) sends the configured values and never expires."""
-    target = rig.target(auth="""
+    target = rig.target(
+        auth="""
         type: headers
         headers:
           app-key: {env: APP_KEY}
           user-token: literal-user-token
-    """.replace("{env: APP_KEY}", f'"{PASSWORD}"'))
+    """.replace("{env: APP_KEY}", f'"{PASSWORD}"')
+    )
     credential = build_credential(
-        target, client=rig.client, clock=rig.clock, activity=rig.activity, tokens_dir=rig.tokens_dir,
+        target,
+        client=rig.client,
+        clock=rig.clock,
+        activity=rig.activity,
+        tokens_dir=rig.tokens_dir,
         redactor=rig.redactor,
     )
 
@@ -1053,7 +1090,8 @@ def test_static_headers_are_returned_as_configured(rig: Rig) -> None:
         (
             "type: cognito\nregion: us-east-1\nuser_pool_id: us-east-1_Example\nclient_id: client-id\n"
             "username: uploader\npassword: {env: UPLOADER_PASSWORD}\nrefresh: {check_every: 1m}",
-            ManagedTokenCredential, None,
+            ManagedTokenCredential,
+            None,
         ),
     ],
     ids=["token", "jwt", "headers", "none", "cognito"],
@@ -1063,8 +1101,12 @@ def test_build_credential_picks_the_kind_for_each_auth_type(
 ) -> None:
     """token and cognito are managed tokens; headers and none are fixed headers."""
     credential = build_credential(
-        rig.target(auth), client=rig.client, clock=rig.clock, activity=rig.activity,
-        tokens_dir=rig.tokens_dir, redactor=rig.redactor,
+        rig.target(auth),
+        client=rig.client,
+        clock=rig.clock,
+        activity=rig.activity,
+        tokens_dir=rig.tokens_dir,
+        redactor=rig.redactor,
     )
 
     assert isinstance(credential, kind)

@@ -117,8 +117,9 @@ def test_a_missing_file_loads_as_nothing(tokens_dir: Path) -> None:
         json.dumps({"identity": IDENTITY, "token": "t", "expires_at": "soon", "obtained_at": 1.0}),
         json.dumps({"identity": IDENTITY, "token": "t", "expires_at": None, "obtained_at": 1.0}),
         json.dumps({"identity": IDENTITY, "token": None, "expires_at": 2.0, "obtained_at": 1.0}),
-        json.dumps({"identity": IDENTITY, "token": "t", "expires_at": 2.0, "obtained_at": 1.0,
-                    "refresh_token": 7}),
+        json.dumps(
+            {"identity": IDENTITY, "token": "t", "expires_at": 2.0, "obtained_at": 1.0, "refresh_token": 7}
+        ),
     ],
 )
 def test_a_corrupt_file_loads_as_nothing(tokens_dir: Path, content: str) -> None:

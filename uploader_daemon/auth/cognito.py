@@ -18,11 +18,19 @@ from uploader_daemon.clock import Clock
 from uploader_daemon.config.auth import CognitoAuth
 
 # Cognito's answers for credentials it will not accept: retrying cannot help.
-_REJECTIONS = frozenset({
-    "NotAuthorizedException", "UserNotFoundException", "PasswordResetRequiredException",
-    "UserNotConfirmedException", "InvalidParameterException", "ResourceNotFoundException",
-})
+_REJECTIONS = frozenset(
+    {
+        "NotAuthorizedException",
+        "UserNotFoundException",
+        "PasswordResetRequiredException",
+        "UserNotConfirmedException",
+        "InvalidParameterException",
+        "ResourceNotFoundException",
+    }
+)
 _DEFAULT_LIFETIME = 3600.0
+
+
 class CognitoProvider:
     """Tokens from a Cognito user pool."""
 
@@ -98,7 +106,8 @@ class CognitoProvider:
             message = error.response.get("Error", {}).get("Message", "")
             raise TokenRequestError(
                 f"Cognito answered {code}: {message}".rstrip(": "),
-                status=status, rejected=code in _REJECTIONS,
+                status=status,
+                rejected=code in _REJECTIONS,
             ) from None
         except ForceChangePasswordException:
             raise TokenRequestError(
@@ -107,8 +116,9 @@ class CognitoProvider:
                 rejected=True,
             ) from None
         except WarrantException as error:
-            raise TokenRequestError(f"Cognito login needs a step the daemon cannot do: {error}",
-                                    rejected=True) from None
+            raise TokenRequestError(
+                f"Cognito login needs a step the daemon cannot do: {error}", rejected=True
+            ) from None
         except BotoCoreError as error:
             raise TokenRequestError(f"Cognito request failed: {error}") from None
         return result
@@ -117,8 +127,9 @@ class CognitoProvider:
         authentication = result.get("AuthenticationResult")
         if not isinstance(authentication, dict):
             challenge = result.get("ChallengeName", "unknown")
-            raise TokenRequestError(f"Cognito asked for a {challenge} challenge the daemon cannot answer",
-                                    rejected=True)
+            raise TokenRequestError(
+                f"Cognito asked for a {challenge} challenge the daemon cannot answer", rejected=True
+            )
         key = "AccessToken" if self._settings.token == "access" else "IdToken"
         token = authentication.get(key)
         if not isinstance(token, str) or not token:
@@ -126,7 +137,9 @@ class CognitoProvider:
         expires_at = expiry_for(token, sent_at, authentication.get("ExpiresIn"), _DEFAULT_LIFETIME)
         refresh_token = authentication.get("RefreshToken")
         return TokenGrant(
-            token=token, expires_at=expires_at, obtained_at=sent_at,
+            token=token,
+            expires_at=expires_at,
+            obtained_at=sent_at,
             refresh_token=refresh_token if isinstance(refresh_token, str) else None,
         )
 
@@ -138,7 +151,6 @@ class CognitoProvider:
             username, self._settings.client_id, self._settings.client_secret.value
         )
         return secret_hash
-
 
 
 def _username_claim(token: str) -> str | None:

@@ -42,8 +42,12 @@ class HttpTokenProvider:
         login = self._settings.login
         body = {login.username_field: login.username, login.password_field: login.password.value}
         return await self._request(
-            "login", login.method, login.path, {"json": body},
-            token_field=login.token_field, expires_in_field=login.expires_in_field,
+            "login",
+            login.method,
+            login.path,
+            {"json": body},
+            token_field=login.token_field,
+            expires_in_field=login.expires_in_field,
         )
 
     async def refresh(self, grant: TokenGrant) -> TokenGrant:
@@ -51,14 +55,23 @@ class HttpTokenProvider:
         assert refresh.path is not None
         header = self._settings.header.replace("{token}", grant.token)
         return await self._request(
-            "refresh", refresh.method, refresh.path, {"headers": {self._settings.header_name: header}},
+            "refresh",
+            refresh.method,
+            refresh.path,
+            {"headers": {self._settings.header_name: header}},
             token_field=refresh.token_field or self._settings.login.token_field,
             expires_in_field=refresh.expires_in_field or self._settings.login.expires_in_field,
         )
 
     async def _request(
-        self, what: str, method: str, path: str, options: dict[str, Any], *,
-        token_field: str, expires_in_field: str | None,
+        self,
+        what: str,
+        method: str,
+        path: str,
+        options: dict[str, Any],
+        *,
+        token_field: str,
+        expires_in_field: str | None,
     ) -> TokenGrant:
         sent_at = self._clock.now()
         try:

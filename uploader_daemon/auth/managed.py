@@ -170,7 +170,9 @@ class ManagedTokenCredential:
                 await self._login_quietly(reason="refresh rejected")
             else:
                 self._log.warning(
-                    "token_refresh_failed", status=error.status, error=str(error),
+                    "token_refresh_failed",
+                    status=error.status,
+                    error=str(error),
                     action="keeping the current token; trying again at the next check",
                 )
             return
@@ -184,9 +186,7 @@ class ManagedTokenCredential:
     async def _login(self, reason: str) -> TokenGrant:
         now = self._clock.now()
         if now < self._login_retry_at:
-            raise LoginFailedError(
-                "login is backing off after a failure", retry_at=self._login_retry_at
-            )
+            raise LoginFailedError("login is backing off after a failure", retry_at=self._login_retry_at)
         self._log.info("login_started", reason=reason)
         try:
             grant = self._fresh(await self._provider.login())
@@ -195,8 +195,11 @@ class ManagedTokenCredential:
             delay = backoff_delay(self._login_failures, self._retry.backoff, self._retry.max_backoff)
             self._login_retry_at = self._clock.now() + delay
             self._log.error(
-                "login_failed", status=error.status, error=str(error),
-                failures=self._login_failures, retry_in=round(delay, 1),
+                "login_failed",
+                status=error.status,
+                error=str(error),
+                failures=self._login_failures,
+                retry_in=round(delay, 1),
                 hint="check the username and password" if error.rejected else None,
             )
             raise LoginFailedError(str(error), retry_at=self._login_retry_at, status=error.status) from None
@@ -230,8 +233,9 @@ class ManagedTokenCredential:
         self._grant = grant
         self._generation += 1
         self._store.save(grant)
-        self._log.info(event, expires_at=_iso(grant.expires_at),
-                       lifetime=round(grant.expires_at - grant.obtained_at))
+        self._log.info(
+            event, expires_at=_iso(grant.expires_at), lifetime=round(grant.expires_at - grant.obtained_at)
+        )
         self._announce(grant)
 
     def _announce(self, grant: TokenGrant) -> None:
@@ -239,7 +243,8 @@ class ManagedTokenCredential:
         if lifetime <= self._renewal.before_expiry and not self._warned_short_lifetime:
             self._warned_short_lifetime = True
             self._log.warning(
-                "token_lifetime_shorter_than_before_expiry", lifetime=round(lifetime),
+                "token_lifetime_shorter_than_before_expiry",
+                lifetime=round(lifetime),
                 before_expiry=self._renewal.before_expiry,
                 hint="the token is renewed at half its lifetime; lower auth.refresh.before_expiry",
             )

@@ -91,7 +91,9 @@ def _mapping_without_duplicates(loader: _StrictLoader, node: yaml.MappingNode) -
             line = key_node.start_mark.line + 1
             first = seen[key].start_mark.line + 1
             raise yaml.constructor.ConstructorError(
-                None, None, f"key {key!r} appears twice (lines {first} and {line}); keep one",
+                None,
+                None,
+                f"key {key!r} appears twice (lines {first} and {line}); keep one",
                 key_node.start_mark,
             )
         seen[key] = key_node
@@ -123,6 +125,7 @@ def _load_yaml(text: str, source: str) -> dict[str, Any]:
 
 def _without_consequences(details: list[ErrorDetails]) -> list[ErrorDetails]:
     """Drop "must not be empty" for a list whose items were all refused: the items say why."""
+
     def caused_by_items(detail: ErrorDetails) -> bool:
         loc = detail["loc"]
         return detail["type"] == "too_short" and any(
@@ -205,8 +208,12 @@ def _sentence(detail: ErrorDetails, node: object, parent: object) -> str:
         return f"must be a list, not {_kind_of(node)}"
     if kind in ("greater_than_equal", "greater_than", "less_than_equal", "less_than"):
         limit = next(iter(context.values()), "")
-        words = {"greater_than_equal": "at least", "greater_than": "more than",
-                 "less_than_equal": "at most", "less_than": "less than"}[kind]
+        words = {
+            "greater_than_equal": "at least",
+            "greater_than": "more than",
+            "less_than_equal": "at most",
+            "less_than": "less than",
+        }[kind]
         return f"must be {words} {limit}, not {node!r}"
     if kind == "too_short":
         return "must not be empty" if context.get("min_length") == 1 else detail["msg"].lower()
@@ -250,8 +257,9 @@ def _child_annotation(annotation: Any, element: int | str) -> Any:
     """The annotation one level down: a list's item, a mapping's value, a model's field."""
     if get_origin(annotation) is Annotated:
         return _child_annotation(get_args(annotation)[0], element)
-    container = next((arg for arg in (annotation, *get_args(annotation))
-                      if get_origin(arg) in (tuple, list, dict)), None)
+    container = next(
+        (arg for arg in (annotation, *get_args(annotation)) if get_origin(arg) in (tuple, list, dict)), None
+    )
     if container is not None:
         items = [arg for arg in get_args(container) if arg is not Ellipsis]
         return items[-1] if items else None  # tuple[X, ...], list[X], dict[str, X]: X

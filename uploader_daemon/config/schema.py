@@ -93,8 +93,10 @@ class TargetSettings(Model):
     def _credential_stays_home(self) -> TargetSettings:
         for step in self.steps:
             fixed_url = step.url if isinstance(step, ApiStep) and step.credential else None
-            if fixed_url and "{" not in fixed_url and (
-                _with_default_port(fixed_url) != _with_default_port(self.api.base_url)
+            if (
+                fixed_url
+                and "{" not in fixed_url
+                and (_with_default_port(fixed_url) != _with_default_port(self.api.base_url))
             ):
                 raise ValueError(
                     f"step {step.name!r} sends the credential to {fixed_url}, which is not "

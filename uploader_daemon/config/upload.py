@@ -307,8 +307,12 @@ class MultipartUpload(Model):
     def steps(self) -> tuple[Step, ...]:
         return (
             MultipartStep(
-                kind="multipart", name="upload", path=self.path, method=self.method,
-                file_field=self.file_field, fields=self.fields,
+                kind="multipart",
+                name="upload",
+                path=self.path,
+                method=self.method,
+                file_field=self.file_field,
+                fields=self.fields,
             ),
         )
 
@@ -343,18 +347,33 @@ class RunrunDocumentUpload(Model):
         steps: list[Step] = []
         task_id: Scalar = self.task_id if self.task_id is not None else "{task.id}"
         if self.create_task is not None:
-            task = {"title": self.create_task.title, "description": self.create_task.description,
-                    "board_id": self.create_task.board_id}
+            task = {
+                "title": self.create_task.title,
+                "description": self.create_task.description,
+                "board_id": self.create_task.board_id,
+            }
             if self.create_task.project_id is not None:
                 task["project_id"] = self.create_task.project_id
-            steps.append(RequestStep(kind="request", name="task", path="/tasks",
-                                     json={"task": task}, save={"id": "id"}))
+            steps.append(
+                RequestStep(
+                    kind="request", name="task", path="/tasks", json={"task": task}, save={"id": "id"}
+                )
+            )
         save = {"id": "id", "fields": self.storage.fields_field}
-        document = {"data_file_name": "{file.name}", "data_file_size": "{file.size}",
-                    "warning_duplicate": False}
+        document = {
+            "data_file_name": "{file.name}",
+            "data_file_size": "{file.size}",
+            "warning_duplicate": False,
+        }
         steps += [
-            RequestStep(kind="request", name="create", path="/documents", query={"task_id": task_id},
-                        json={"document": document}, save=save),
+            RequestStep(
+                kind="request",
+                name="create",
+                path="/documents",
+                query={"task_id": task_id},
+                json={"document": document},
+                save=save,
+            ),
             _storage_step("create", self.storage),
             RequestStep(kind="request", name="confirm", path="/documents/{create.id}/mark_as_uploaded"),
         ]
@@ -384,17 +403,30 @@ class PresignedStatusUpload(Model):
         save = {"file_id": "file_id", "fields": self.storage.fields_field}
         if self.storage.url is None:
             save["url"] = self.storage.url_field
-        announce = {"file_name": "{file.name}", "extension": "{file.extension}",
-                    "len": "{file.size}", "type": self.file_type}
+        announce = {
+            "file_name": "{file.name}",
+            "extension": "{file.extension}",
+            "len": "{file.size}",
+            "type": self.file_type,
+        }
         return (
             RequestStep(kind="request", name="upload", path=self.upload_path, json=announce, save=save),
             _storage_step("upload", self.storage),
-            RequestStep(kind="request", name="confirm", path=self.confirm_path,
-                        json={"file_id": "{upload.file_id}"}),
-            PollStep(kind="poll", name="status", path=self.status_path,
-                     query={"file_id": "{upload.file_id}"}, status_field="status",
-                     success=self.success, failure=self.failure, details_field="details",
-                     interval=self.poll.interval, deadline=self.poll.deadline),
+            RequestStep(
+                kind="request", name="confirm", path=self.confirm_path, json={"file_id": "{upload.file_id}"}
+            ),
+            PollStep(
+                kind="poll",
+                name="status",
+                path=self.status_path,
+                query={"file_id": "{upload.file_id}"},
+                status_field="status",
+                success=self.success,
+                failure=self.failure,
+                details_field="details",
+                interval=self.poll.interval,
+                deadline=self.poll.deadline,
+            ),
         )
 
 
@@ -406,8 +438,11 @@ class ConversionTaskUpload(Model):
     output_dir: AbsolutePath
     tasks_path: str = "/api/tasks"
     download_path: str = "/api/download"
-    filename: str = Field(default="{file.stem}", description="Result name when the server sends none "
-                          "(the conversion type is appended as the extension).")
+    filename: str = Field(
+        default="{file.stem}",
+        description="Result name when the server sends none "
+        "(the conversion type is appended as the extension).",
+    )
     poll: PollSettings = PollSettings(deadline=3600.0)
     delete_task: bool = Field(default=False, description="DELETE the task once the result is saved.")
 
@@ -419,18 +454,42 @@ class ConversionTaskUpload(Model):
     @cached_property
     def steps(self) -> tuple[Step, ...]:
         steps: list[Step] = [
-            MultipartStep(kind="multipart", name="submit", path=self.tasks_path,
-                          fields={"conversion_type": self.conversion_type}, save={"task_id": "task_id"}),
-            PollStep(kind="poll", name="task", path=self.tasks_path + "/{submit.task_id}",
-                     status_field="state", success=("SUCCESS",), failure=("FAILURE", "REVOKED"),
-                     details_field="result", interval=self.poll.interval, deadline=self.poll.deadline),
-            DownloadStep(kind="download", name="result", path=self.download_path,
-                         query={"task_id": "{submit.task_id}"}, output_dir=self.output_dir,
-                         filename=f"{self.filename}.{self.conversion_type}"),
+            MultipartStep(
+                kind="multipart",
+                name="submit",
+                path=self.tasks_path,
+                fields={"conversion_type": self.conversion_type},
+                save={"task_id": "task_id"},
+            ),
+            PollStep(
+                kind="poll",
+                name="task",
+                path=self.tasks_path + "/{submit.task_id}",
+                status_field="state",
+                success=("SUCCESS",),
+                failure=("FAILURE", "REVOKED"),
+                details_field="result",
+                interval=self.poll.interval,
+                deadline=self.poll.deadline,
+            ),
+            DownloadStep(
+                kind="download",
+                name="result",
+                path=self.download_path,
+                query={"task_id": "{submit.task_id}"},
+                output_dir=self.output_dir,
+                filename=f"{self.filename}.{self.conversion_type}",
+            ),
         ]
         if self.delete_task:
-            steps.append(RequestStep(kind="request", name="cleanup", method="DELETE",
-                                     path=self.tasks_path + "/{submit.task_id}"))
+            steps.append(
+                RequestStep(
+                    kind="request",
+                    name="cleanup",
+                    method="DELETE",
+                    path=self.tasks_path + "/{submit.task_id}",
+                )
+            )
         return tuple(steps)
 
 
@@ -454,8 +513,13 @@ class GatewayPresignedUpload(Model):
         if self.storage.url is None:
             save["url"] = self.storage.url_field
         return (
-            RequestStep(kind="request", name="locate", path=self.path,
-                        query={"upload_key": self.upload_key, "folder": self.folder}, save=save),
+            RequestStep(
+                kind="request",
+                name="locate",
+                path=self.path,
+                query={"upload_key": self.upload_key, "folder": self.folder},
+                save=save,
+            ),
             _storage_step("locate", self.storage),
         )
 
@@ -478,14 +542,20 @@ class StepsUpload(Model):
 
 def _storage_step(source: str, storage: StorageSettings) -> StoragePostStep:
     return StoragePostStep(
-        kind="storage_post", name="store",
+        kind="storage_post",
+        name="store",
         url=storage.url if storage.url is not None else f"{{{source}.url}}",
-        fields=f"{{{source}.fields}}", extra_fields=storage.extra_fields,
+        fields=f"{{{source}.fields}}",
+        extra_fields=storage.extra_fields,
     )
 
 
 UploadSettings = Annotated[
-    MultipartUpload | RunrunDocumentUpload | PresignedStatusUpload | ConversionTaskUpload
-    | GatewayPresignedUpload | StepsUpload,
+    MultipartUpload
+    | RunrunDocumentUpload
+    | PresignedStatusUpload
+    | ConversionTaskUpload
+    | GatewayPresignedUpload
+    | StepsUpload,
     Field(discriminator="type"),
 ]

@@ -70,8 +70,9 @@ class Delivery:
         bound = log.bind(target=record.target, file=record.path)
         if index == 0 and (record.next_step > 0 or (record.step_in_flight or 0) > 0):
             # Only worth saying when progress is thrown away; retrying step 0 is a retry.
-            bound.info("delivery_starting_over",
-                       reason="an earlier attempt stopped at a step that must not repeat")
+            bound.info(
+                "delivery_starting_over", reason="an earlier attempt stopped at a step that must not repeat"
+            )
         elif index > 0:
             bound.info("delivery_resuming", step=self.steps[index].name if index < len(self.steps) else None)
         if index >= len(self.steps):
@@ -89,10 +90,13 @@ class Delivery:
                     raise TransientDeliveryError(
                         f"{error.message}; {MAX_GRANT_RESTARTS} fresh grants expired too "
                         "(is the clock right?)",
-                        step=error.step, status=error.status, body_excerpt=error.body_excerpt,
+                        step=error.step,
+                        status=error.status,
+                        body_excerpt=error.body_excerpt,
                     ) from None
-                bound.warning("upload_grant_expired", step=step.name,
-                              action="starting over with a fresh grant")
+                bound.warning(
+                    "upload_grant_expired", step=step.name, action="starting over with a fresh grant"
+                )
                 outputs = {}
                 index = 0
                 self._journal.resume_at(record.id, 0, outputs, self._clock.now())

@@ -137,13 +137,18 @@ async def _poll(step: PollStep, context: StepContext) -> dict[str, object]:
             return {**_saved(step, response), "status": status, "details": details}
         if status in step.failure:
             raise PermanentDeliveryError(
-                f"step {step.name}: the server reported {status!r}", step=step.name,
-                status=response.status_code, body_excerpt=excerpt(response), details=details,
+                f"step {step.name}: the server reported {status!r}",
+                step=step.name,
+                status=response.status_code,
+                body_excerpt=excerpt(response),
+                details=details,
             )
         if loop.time() + step.interval > deadline:
             raise PollDeadlineError(
                 f"step {step.name}: still {status!r} after {polls} polls over {step.deadline:g}s",
-                step=step.name, status=response.status_code, body_excerpt=excerpt(response),
+                step=step.name,
+                status=response.status_code,
+                body_excerpt=excerpt(response),
             )
         log.debug("poll_waiting", step=step.name, status=status, polls=polls)
         await asyncio.sleep(step.interval)
@@ -179,7 +184,8 @@ async def _download(step: DownloadStep, context: StepContext) -> dict[str, objec
         # A full disk or a missing permission: retried later, and the sentence says where.
         raise TransientDeliveryError(
             f"step {step.name}: cannot write the result into {step.output_dir}: {error.strerror or error}; "
-            "check output_dir's free space and permissions", step=step.name,
+            "check output_dir's free space and permissions",
+            step=step.name,
         ) from None
     finally:
         await response.aclose()
@@ -214,7 +220,9 @@ async def _storage_post(step: StoragePostStep, context: StepContext) -> dict[str
     if response.status_code == 403 and storage_error and "expired" in storage_error[1].lower():
         raise StaleUploadGrantError(
             f"step {step.name}: the storage says the upload grant expired ({storage_error[1]})",
-            step=step.name, status=403, body_excerpt=excerpt(response),
+            step=step.name,
+            status=403,
+            body_excerpt=excerpt(response),
         )
     detail = f" ({storage_error[0]}: {storage_error[1]})" if storage_error else ""
     check_status(response, step.name, credentialed=False, detail=detail)
@@ -225,8 +233,10 @@ async def _api_call(
     step: ApiStep, method: str, context: StepContext, options: dict[str, Any], *, stream: bool = False
 ) -> httpx.Response:
     """Send a step's request to the API, with the credential when the step carries it."""
-    url = _http_url(step.name, "URL", render_text(step.url, context.values)) if step.url else join_url(
-        context.base_url, render_text(step.path or "", context.values)
+    url = (
+        _http_url(step.name, "URL", render_text(step.url, context.values))
+        if step.url
+        else join_url(context.base_url, render_text(step.path or "", context.values))
     )
     query = {key: as_text(value) for key, value in render_tree(step.query, context.values).items()}
     headers = {key: render_text(value, context.values) for key, value in step.headers.items()}
@@ -235,13 +245,15 @@ async def _api_call(
         if not same_origin(url, context.origin):
             raise PermanentDeliveryError(
                 f"step {step.name}: refusing to send the credential to {safe_url(url)}, which is not "
-                "api.base_url's host", step=step.name,
+                "api.base_url's host",
+                step=step.name,
             )
         used = await context.credential.headers()
         headers.update(used.headers)
     try:
-        response = await send(context.client, method, url, params=query or None, headers=headers,
-                              stream=stream, **options)
+        response = await send(
+            context.client, method, url, params=query or None, headers=headers, stream=stream, **options
+        )
     except NetworkError as error:
         raise TransientDeliveryError(f"step {step.name}: {error}", step=step.name) from None
     except InvalidRequestError as error:
@@ -290,7 +302,9 @@ def _json(step: str, response: httpx.Response) -> object:
         kind = response.headers.get("Content-Type", "unknown type")
         raise BadResponseError(
             f"step {step}: the response is not JSON ({kind}): {excerpt(response, 80)}",
-            step=step, status=response.status_code, body_excerpt=excerpt(response),
+            step=step,
+            status=response.status_code,
+            body_excerpt=excerpt(response),
         ) from None
 
 
@@ -299,7 +313,8 @@ def _value(step: str, data: object, path: str) -> object:
         value = dig(data, path)
     except MissingValueError as error:
         raise BadResponseError(
-            f"step {step}: the response has no {error.path!r} ({error.reason})", step=step,
+            f"step {step}: the response has no {error.path!r} ({error.reason})",
+            step=step,
             body_excerpt=as_text(data)[:500],
         ) from None
     if value is None:

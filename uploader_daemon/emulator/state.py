@@ -130,7 +130,13 @@ class EmulatorState:
         """Store a file part of ``form`` at ``storage_dir/relative...`` and describe it."""
         path = self.place_file(part, *relative)
         return ReceivedFile(
-            flow, part.filename, part.size, part.sha256, path, dict(form.fields), form.part_order,
+            flow,
+            part.filename,
+            part.size,
+            part.sha256,
+            path,
+            dict(form.fields),
+            form.part_order,
             dict(request.headers),
         )
 
