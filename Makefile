@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint install clean
+.PHONY: demo test lint bench install clean
 
 # The stamp is rebuilt whenever pyproject.toml changes, so a pulled dependency
 # change is installed by the next make, and an unchanged tree installs nothing.
@@ -12,6 +12,11 @@ $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit("uploader-daemon needs Python >= 3.11, found " + sys.version.split()[0]) if sys.version_info < (3, 11) else None'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[cognito,test]'
+	@touch $@
+
+# Linters are not needed to run or test the daemon: they install on first `make lint`.
+$(VENV)/.lint-installed: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[cognito,test,lint]'
 	@touch $@
 
@@ -23,10 +28,13 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -p no:cacheprovider $(PYTEST_ARGS)
 
-lint: $(STAMP)
+lint: $(VENV)/.lint-installed
 	$(BIN)/mypy
 	$(BIN)/ruff check uploader_daemon tests bench
 	$(BIN)/ruff format --check uploader_daemon tests bench
+
+bench: $(STAMP)
+	$(BIN)/python bench/throughput.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -7,7 +7,8 @@ and mtime then stayed the same for ``settle``. A file being written is never off
   close, however long the writer pauses;
 - closed after writing, renamed into the folder, or found by a scan: *settling*; offered
   once (size, mtime) held still for ``settle`` (at once when ``settle`` is 0);
-- metadata changed while settling (``touch``, ``chmod``): the settle period restarts;
+- a size or mtime that moved by the end of the settle period (``touch``, a write the
+  events missed) restarts it;
 - a file found by a scan has no close event to vouch for it (it may have been open for
   writing before the watch began), so it must hold still for at least
   ``SCAN_SETTLE`` even when ``settle`` is 0; a writer still at work touches it within
@@ -96,12 +97,6 @@ class ReadinessTracker:
         entry.writing = False
         entry.at_least = 0.0  # the writer is done: settle alone decides
         self._start_settling(path, entry)
-
-    def touched(self, path: str) -> None:
-        """Metadata changed: a settling file settles again from now."""
-        entry = self._entries.get(path)
-        if entry is not None and not entry.writing:
-            self._start_settling(path, entry)
 
     def removed(self, path: str) -> None:
         entry = self._entries.pop(path, None)

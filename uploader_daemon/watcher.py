@@ -28,7 +28,6 @@ from watchdog.events import (
     DirCreatedEvent,
     DirDeletedEvent,
     DirMovedEvent,
-    FileAttribEvent,
     FileClosedEvent,
     FileCreatedEvent,
     FileDeletedEvent,
@@ -50,7 +49,6 @@ _EVENTS = [
     FileCreatedEvent,
     FileModifiedEvent,
     FileClosedEvent,
-    FileAttribEvent,
     FileMovedEvent,
     FileDeletedEvent,
     DirCreatedEvent,
@@ -235,8 +233,6 @@ class FolderWatcher:
             return
         elif isinstance(event, FileClosedEvent):
             tracker.closed(source)
-        elif isinstance(event, FileAttribEvent):
-            tracker.touched(source)
         elif isinstance(event, FileCreatedEvent):
             if event.is_synthetic:
                 # watchdog made this up for a file inside a directory that appeared:

@@ -95,6 +95,7 @@ def test_a_large_upload_streams_from_disk_with_flat_memory(
     received = emulator.received[-1]
     assert ("big.bin", 512 * MIB) == (received.name, received.size)
     growth_mib = (proc_status(pid, "VmHWM") - baseline) / 1024
+    print(f"512 MiB upload: peak RSS grew by {growth_mib:.1f} MiB")
     assert growth_mib < 32, f"peak memory grew by {growth_mib:.0f} MiB for a 512 MiB upload"
 
 
@@ -111,6 +112,7 @@ def test_a_closed_file_is_picked_up_within_milliseconds(
         latencies.append(upload.time - closed_at)
     latencies.sort()
     median = latencies[len(latencies) // 2]
+    print(f"pickup latency: median {median * 1000:.1f} ms, max {latencies[-1] * 1000:.1f} ms")
     # The first upload includes the login; the median is the steady-state pickup.
     assert median < 0.05, f"median pickup latency {median * 1000:.1f} ms: {latencies}"
 
@@ -123,13 +125,19 @@ def test_an_idle_daemon_uses_no_measurable_cpu(daemon_process: DaemonProcess) ->
     # A bounded observation window is the measurement itself, not a wait for an event.
     threading.Event().wait(3.0)
     used = cpu_seconds(pid) - before
+    print(f"idle: {used:.3f} s CPU in 3 s")
     assert time.monotonic() - started >= 3.0
     assert used <= 0.02, f"idle daemon used {used:.3f} s of CPU in 3 s"
 
 
 @pytest.mark.timeout(120)
 def test_many_small_files_go_out_about_as_fast_as_a_bare_async_client(tmp_path: Path) -> None:
-    """300 small files: the daemon (pickup, journal, archive included) stays close to bare httpx."""
+    """300 small files: the daemon (pickup, journal, archive included) stays close to bare httpx.
+
+    Both run on this machine next to the server, so the daemon's extra CPU per file
+    (journal, inotify, archive move, a log line) shows fully; against a remote API the
+    network dominates and the two converge.
+    """
     count, concurrency = 300, 4
     storage = tmp_path / "server"
     server = subprocess.Popen(
@@ -152,8 +160,9 @@ def test_many_small_files_go_out_about_as_fast_as_a_bare_async_client(tmp_path: 
         assert server.stdout is not None
         url = server.stdout.readline().strip()
         assert url.startswith("http://127.0.0.1:"), url
-        bare = _bare_client_seconds(url, tmp_path / "bare", count, concurrency)
-        ours = _daemon_seconds(url, tmp_path / "daemon", count, concurrency)
+        # Best of two rounds each: the machine's other load only ever adds time.
+        bare = min(_bare_client_seconds(url, tmp_path / f"bare{n}", count, concurrency) for n in (1, 2))
+        ours = min(_daemon_seconds(url, tmp_path / f"daemon{n}", count, concurrency) for n in (1, 2))
     finally:
         server.terminate()
         server.wait(15)

@@ -161,22 +161,6 @@ def test_change_seen_at_the_settle_check_restarts_the_period(
     assert ["a.csv"] == offered
 
 
-def test_metadata_change_restarts_the_settle_period(
-    timers: FakeTimers, folder: Folder, offered: list[str]
-) -> None:
-    """`touch` or `chmod` on a settling file makes it settle again from that moment."""
-    tracker = make_tracker(timers, folder, offered)
-    folder.write("a.csv", 10, 1)
-    tracker.closed("a.csv")
-    timers.advance(1.5)
-    folder.write("a.csv", 10, 5)
-    tracker.touched("a.csv")
-    timers.advance(1.5)
-    assert [] == offered
-    timers.advance(0.6)
-    assert ["a.csv"] == offered
-
-
 def test_removed_file_is_forgotten(timers: FakeTimers, folder: Folder, offered: list[str]) -> None:
     """A file deleted or moved away while settling is never offered."""
     tracker = make_tracker(timers, folder, offered)
