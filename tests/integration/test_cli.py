@@ -273,3 +273,16 @@ def test_demo_exits_0_and_prints_a_summary() -> None:
     assert "expired tokens sent: 0" in summary
     assert "result:            OK" in summary
     assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_check_config_accepts_a_good_file_and_shows_each_step_of_the_delivery(
+    tmp_path: Path, folders: dict[str, Path]
+) -> None:
+    """`check-config --show-steps` exits 0 and prints the preset as the HTTP steps it runs."""
+    config = good_config(tmp_path / "config.yaml", folders, "https://api.example.test")
+    result = uploader_daemon("check-config", "--config", str(config), "--show-steps")
+    assert 0 == result.returncode, result.stderr
+    assert f"{config}: OK, 1 target(s)" in result.stdout
+    assert "upload (multipart)" in result.stdout
+    assert "path: /api/envio" in result.stdout
+    assert PASSWORD not in result.stdout + result.stderr
