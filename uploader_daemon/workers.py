@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import os
 import stat
 from collections.abc import Callable
 from pathlib import Path
@@ -33,7 +34,7 @@ from uploader_daemon.backoff import backoff_delay
 from uploader_daemon.clock import Clock
 from uploader_daemon.config.schema import TargetSettings
 from uploader_daemon.config.upload import ApiStep
-from uploader_daemon.delivery.facts import file_facts
+from uploader_daemon.delivery.facts import FileFacts, file_facts
 from uploader_daemon.delivery.run import Delivery, uses_sha256
 from uploader_daemon.delivery.steps import StepContext
 from uploader_daemon.errors import (
@@ -212,7 +213,17 @@ class TargetWorkers:
 
     async def _deliver(self, record: FileRecord, path: Path) -> None:
         bound = self._log.bind(file=record.path)
-        facts = await file_facts(path, record.path, with_sha256=self._needs_sha256)
+        descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            facts = await file_facts(
+                path, record.path, descriptor=descriptor, size=record.size, with_sha256=self._needs_sha256
+            )
+            await self._deliver_open(record, facts)
+        finally:
+            os.close(descriptor)
+
+    async def _deliver_open(self, record: FileRecord, facts: FileFacts) -> None:
+        bound = self._log.bind(file=record.path)
         target_values = {"name": self._target.name}
 
         def context(outputs: dict[str, object]) -> StepContext:

@@ -6,20 +6,36 @@ import asyncio
 import functools
 import hashlib
 import mimetypes
+import os
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import BinaryIO
 
 _HASH_CHUNK = 1024 * 1024
 
 
 @dataclass(frozen=True)
 class FileFacts:
-    """A file about to be delivered, as templates see it."""
+    """A file about to be delivered, as templates see it, and its content.
+
+    ``descriptor`` is the file as opened when the delivery began (``O_NOFOLLOW``): every
+    step reads through it, so swapping the path for another file or a symlink in the
+    meantime cannot change what is sent.
+    """
 
     path: Path
     relative_path: str
     size: int
     sha256: str | None = None
+    descriptor: int | None = None
+
+    def open(self) -> BinaryIO:
+        """The content from its first byte, as a file object the caller closes."""
+        if self.descriptor is None:
+            return self.path.open("rb")
+        handle = os.fdopen(os.dup(self.descriptor), "rb")
+        handle.seek(0)
+        return handle
 
     @property
     def name(self) -> str:
@@ -44,11 +60,12 @@ class FileFacts:
         }
 
 
-async def file_facts(path: Path, relative_path: str, *, with_sha256: bool) -> FileFacts:
-    """Facts about ``path``; the SHA-256 (a full read) only when a template uses it."""
-    size = path.stat().st_size
-    digest = await asyncio.to_thread(_sha256, path) if with_sha256 else None
-    return FileFacts(path=path, relative_path=relative_path, size=size, sha256=digest)
+async def file_facts(
+    path: Path, relative_path: str, *, descriptor: int, size: int, with_sha256: bool
+) -> FileFacts:
+    """Facts about the open file; the SHA-256 (a full read) only when a template uses it."""
+    digest = await asyncio.to_thread(_sha256, descriptor) if with_sha256 else None
+    return FileFacts(path=path, relative_path=relative_path, size=size, sha256=digest, descriptor=descriptor)
 
 
 @functools.lru_cache(maxsize=256)
@@ -57,9 +74,11 @@ def _mime_type(suffix: str) -> str:
     return guessed or "application/octet-stream"
 
 
-def _sha256(path: Path) -> str:
+def _sha256(descriptor: int) -> str:
     digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(_HASH_CHUNK):
-            digest.update(chunk)
+    offset = 0
+    # pread leaves the descriptor's shared file offset alone.
+    while chunk := os.pread(descriptor, _HASH_CHUNK, offset):
+        digest.update(chunk)
+        offset += len(chunk)
     return digest.hexdigest()

@@ -116,7 +116,7 @@ async def _request(step: RequestStep, context: StepContext) -> dict[str, object]
 
 async def _multipart(step: MultipartStep, context: StepContext) -> dict[str, object]:
     fields = {key: as_text(value) for key, value in render_tree(step.fields, context.values).items()}
-    with context.file.path.open("rb") as handle:
+    with context.file.open() as handle:
         files = {step.file_field: (context.file.name, handle, context.file.mime_type)}
         response = await _api_call(step, step.method, context, {"data": fields, "files": files})
     return _saved(step, response)
@@ -206,7 +206,7 @@ async def _storage_post(step: StoragePostStep, context: StepContext) -> dict[str
         raise BadResponseError(f"step {step.name}: the presigned fields are an empty mapping", step=step.name)
     form = {str(key): as_text(value) for key, value in granted.items()}
     form.update({key: render_text(value, context.values) for key, value in step.extra_fields.items()})
-    with context.file.path.open("rb") as handle:
+    with context.file.open() as handle:
         # httpx writes ``data`` parts before ``files`` parts: the file goes last, as S3 requires.
         part_type = form.get("Content-Type", context.file.mime_type)
         files = {step.file_field: (context.file.name, handle, part_type)}
