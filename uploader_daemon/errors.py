@@ -9,6 +9,7 @@
     │   └── AlreadyRunningError     another daemon holds the state_dir lock (exit 4)
     ├── LoginFailedError            no credential could be obtained; files wait, login is
     │                               retried with the target's backoff
+    ├── TokenRequestError           one login/refresh request failed (inside auth/)
     └── DeliveryError               one file's delivery did not complete
         ├── TransientDeliveryError  retry with backoff (408/429/5xx, network, timeout)
         │   ├── BadResponseError    a 2xx whose body lacks what a later step needs
@@ -72,6 +73,20 @@ class LoginFailedError(UploaderError):
         super().__init__(message)
         self.retry_at = retry_at
         self.status = status
+
+
+class TokenRequestError(UploaderError):
+    """A login or refresh request failed (the providers' error; the credential turns a
+    failed login into :class:`LoginFailedError`).
+
+    ``rejected`` means the server refused the credentials (401/403, a Cognito
+    ``NotAuthorizedException``); otherwise the failure is transient (network, 5xx).
+    """
+
+    def __init__(self, message: str, *, status: int | None = None, rejected: bool = False) -> None:
+        super().__init__(message)
+        self.status = status
+        self.rejected = rejected
 
 
 class DeliveryError(UploaderError):

@@ -26,6 +26,14 @@ class CopyNeededError(OSError):
     """The move needs a copy (another filesystem): slow, so the caller may want a thread."""
 
 
+class SidecarError(OSError):
+    """The failed file was moved, but its ``.error.json`` could not be written."""
+
+    def __init__(self, destination: Path, error: OSError) -> None:
+        super().__init__(error.errno, error.strerror)
+        self.destination = destination
+
+
 def place(
     source: Path, directory: Path, name: str, *, keep_free: tuple[str, ...] = (), allow_copy: bool = True
 ) -> Path:
@@ -35,7 +43,9 @@ def place(
     With ``allow_copy=False`` a move that would need a copy raises
     :class:`CopyNeededError` instead, leaving everything as it was: a hard link takes
     microseconds and can run on the event loop, a copy of a large file cannot.
-    Returns the final path. Raises ``OSError`` when the move is impossible.
+    Returns the final path. Raises ``OSError`` when the move is impossible, with
+    nothing changed: if the source cannot be removed from its folder, the new name is
+    taken back, so a retry does not leave one more copy behind each time.
     """
     directory.mkdir(parents=True, exist_ok=True)
     for candidate in _candidates(name):
@@ -45,8 +55,17 @@ def place(
         try:
             _link_or_copy(source, destination, allow_copy)
         except FileExistsError:
-            continue
-        source.unlink()
+            if not _same_file(source, destination):
+                continue
+            # A crash between link and unlink last time: the move is half done already.
+        try:
+            source.unlink()
+        except FileNotFoundError:
+            raise
+        except OSError:
+            with contextlib.suppress(OSError):
+                destination.unlink()
+            raise
         return destination
     raise OSError(errno.EEXIST, f"no free name for {name} in {directory}")
 
@@ -82,6 +101,13 @@ def write_atomically(path: Path, text: str) -> None:
     finally:
         with contextlib.suppress(FileNotFoundError):
             temporary.unlink()
+
+
+def _same_file(first: Path, second: Path) -> bool:
+    try:
+        return os.path.samefile(first, second)
+    except OSError:
+        return False
 
 
 def _candidates(name: str) -> Iterator[str]:

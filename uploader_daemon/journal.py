@@ -30,9 +30,6 @@ from typing import Any
 
 from uploader_daemon.errors import StateDirError
 
-ACTIVE_STATES = ("pending", "uploading", "delivered")
-STATES = (*ACTIVE_STATES, "done", "failed", "gone")
-
 _SCHEMA_VERSION = 1
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (
@@ -46,6 +43,7 @@ CREATE TABLE IF NOT EXISTS files (
     next_step      INTEGER NOT NULL DEFAULT 0,
     step_in_flight INTEGER,
     outputs        TEXT    NOT NULL DEFAULT '{}',
+    plan           TEXT,               -- which step list the checkpoint belongs to
     last_error     TEXT,
     last_status    INTEGER,
     destination    TEXT,
@@ -76,6 +74,7 @@ class FileRecord:
     next_step: int
     step_in_flight: int | None
     outputs: dict[str, Any]
+    plan: str | None
     last_error: str | None
     last_status: int | None
     destination: str | None
@@ -180,20 +179,13 @@ class Journal:
             next_step=0,
             step_in_flight=None,
             outputs={},
+            plan=None,
             last_error=None,
             last_status=None,
             destination=None,
             discovered_at=now,
             updated_at=now,
         )
-
-    def is_active(self, target: str, path: str) -> bool:
-        """Whether ``path`` is waiting, in flight, or delivered but not yet filed away."""
-        row = self._db.execute(
-            "SELECT 1 FROM files WHERE target=? AND path=? AND state IN ('pending','uploading','delivered')",
-            (target, path),
-        ).fetchone()
-        return row is not None
 
     def was_settled(self, target: str, path: str, size: int, mtime_ns: int) -> bool:
         """Whether this exact file was finished but left in place.
@@ -233,16 +225,13 @@ class Journal:
 
     # --- a delivery's progress -------------------------------------------------------
 
-    def start(self, record_id: int, now: float) -> None:
-        """A worker took the file."""
-        self._update(record_id, now, state="uploading")
-
-    def step_started(self, record_id: int, step: int, now: float) -> None:
-        """Step ``step`` is about to send; if we crash now its outcome is unknown.
+    def step_started(self, record_id: int, step: int, plan: str, now: float) -> None:
+        """Step ``step`` of step list ``plan`` is about to send; a crash now leaves its
+        outcome unknown.
 
         Also marks the file ``uploading`` (one statement instead of two per file).
         """
-        self._update(record_id, now, state="uploading", step_in_flight=step)
+        self._update(record_id, now, state="uploading", step_in_flight=step, plan=plan)
 
     def step_finished(
         self, record_id: int, step: int, outputs: dict[str, Any], now: float, *, last: bool = False

@@ -73,12 +73,6 @@ class Scheduler:
             self._guarded(job_id, job), "date", run_date=max(moment, now), id=job_id, replace_existing=True
         )
 
-    def next_run(self, job_id: str) -> float | None:
-        job = self._scheduler.get_job(job_id)
-        if job is None or job.next_run_time is None:
-            return None
-        return float(job.next_run_time.timestamp())
-
     def _guarded(self, job_id: str, job: Job) -> Callable[[], Awaitable[None]]:
         """Wrap a job so that an exception is logged and the next tick still comes.
 

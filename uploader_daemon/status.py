@@ -6,9 +6,12 @@ the token's expiry time, never the token.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
+import os
 import sqlite3
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -33,12 +36,16 @@ class TargetStatus:
 
 def collect_status(config: Config) -> list[TargetStatus]:
     """Per-target counts and token expiry. Raises :class:`StateDirError` when unreadable."""
-    state = StateDir(config.state_dir)
-    journal_path = state.journal_path
     if not config.state_dir.exists():
         raise StateDirError(
             f"{config.state_dir} does not exist: the daemon has not run with this state_dir yet"
         )
+    with _as_owner_of(config.state_dir):
+        return _read(config, StateDir(config.state_dir))
+
+
+def _read(config: Config, state: StateDir) -> list[TargetStatus]:
+    journal_path = state.journal_path
     try:
         journal_path.stat()
     except PermissionError:
@@ -60,6 +67,26 @@ def collect_status(config: Config) -> list[TargetStatus]:
     finally:
         if journal is not None:
             journal.close()
+
+
+@contextlib.contextmanager
+def _as_owner_of(directory: Path) -> Iterator[None]:
+    """Run as the state directory's owner when started as root.
+
+    Opening a SQLite journal in WAL mode may create its ``-wal``/``-shm`` files; created
+    by root, they would lock the daemon's own user out of its journal.
+    """
+    owner = directory.stat()
+    if os.geteuid() != 0 or owner.st_uid == 0:
+        yield
+        return
+    os.setegid(owner.st_gid)
+    os.seteuid(owner.st_uid)
+    try:
+        yield
+    finally:
+        os.seteuid(0)
+        os.setegid(0)
 
 
 def render_status(statuses: list[TargetStatus], as_json: bool) -> str:

@@ -2,29 +2,33 @@
 
 ``concurrency`` workers share one queue ordered by discovery. For each file:
 
+- the file is opened once, without following symlinks, and checked against what was
+  found ready; a file changed since waits to settle again, an unreadable one is logged
+  once and tried again at the next rescan (no attempt counted);
 - no valid credential and the login fails: the file waits (no attempt is counted) and
   the whole target pauses until the login backoff ends, so nothing is sent while
   unauthenticated;
-- success: the ``after_upload`` action (archive / delete / keep), then ``done``;
+- success: the ``after_upload`` action (see :mod:`uploader_daemon.outcomes`); a file
+  written to while it was being sent is delivered again in its new version;
 - 401: logged at error level, the token is discarded, the file is retried after a
   fresh login, through the backoff;
 - transient failure: retried with exponential backoff and jitter (``Retry-After`` is a
   floor) until ``retry.attempts``, then moved to ``failed_dir`` with a sidecar;
 - permanent failure: straight to ``failed_dir`` with a sidecar.
 
-On stop, idle workers end at once and busy ones get a bounded grace period; what is cut
-off goes back to pending in the journal.
+A worker survives any error (a bug, a full disk) and the file is retried; a worker
+that dies anyway is logged and replaced. On stop, idle workers end at once and busy
+ones get a bounded grace period; what is cut off goes back to pending in the journal.
 """
 
 from __future__ import annotations
 
 import asyncio
-import datetime
+import contextlib
+import errno
 import os
 import stat
 from collections.abc import Callable
-from pathlib import Path
-from typing import Any
 
 import httpx
 
@@ -34,7 +38,7 @@ from uploader_daemon.backoff import backoff_delay
 from uploader_daemon.clock import Clock
 from uploader_daemon.config.schema import TargetSettings
 from uploader_daemon.config.upload import ApiStep
-from uploader_daemon.delivery.facts import FileFacts, file_facts
+from uploader_daemon.delivery.facts import file_facts
 from uploader_daemon.delivery.run import Delivery, uses_sha256
 from uploader_daemon.delivery.steps import StepContext
 from uploader_daemon.errors import (
@@ -44,9 +48,9 @@ from uploader_daemon.errors import (
     PermanentDeliveryError,
     TransientDeliveryError,
 )
-from uploader_daemon.file_moves import CopyNeededError, archive, fail
 from uploader_daemon.journal import FileRecord, Journal
 from uploader_daemon.logs import Redactor, get_logger
+from uploader_daemon.outcomes import Outcomes, Verdict
 
 log = get_logger(__name__)
 
@@ -66,8 +70,9 @@ class TargetWorkers:
         redactor: Redactor | None = None,
     ) -> None:
         self._target = target
-        # The sidecar quotes the server's answer, which may echo the token it was sent.
+        # Error messages can quote a server's answer, which may echo the token it was sent.
         self._redactor = redactor or Redactor()
+        self._outcomes = Outcomes(target, journal, clock, self._redactor)
         self._journal = journal
         self._clock = clock
         self._credential = credential
@@ -80,6 +85,9 @@ class TargetWorkers:
         self._scheduled: dict[int, str] = {}  # queued, waiting on a timer, or in flight
         self._scheduled_paths: set[str] = set()
         self._timers: dict[int, asyncio.TimerHandle] = {}
+        self._filing: set[int] = set()  # delivered, waiting only to retry the after_upload move
+        self._filing_failures: dict[int, int] = {}
+        self._unreadable: set[str] = set()  # warned once until readable
         self._workers: dict[asyncio.Task[None], int | None] = {}
         self._paused_until = 0.0
         self._stopping = False
@@ -89,9 +97,8 @@ class TargetWorkers:
     # --- what the rest of the daemon calls -------------------------------------------
 
     def start(self) -> None:
-        for number in range(self._target.concurrency):
-            task = asyncio.create_task(self._work(), name=f"{self._target.name}-worker-{number}")
-            self._workers[task] = None
+        for _ in range(self._target.concurrency):
+            self._spawn()
 
     def resume_unfinished(self) -> int:
         """Queue what the journal says is unfinished (after a restart); returns how many."""
@@ -125,8 +132,11 @@ class TargetWorkers:
         return relative_path in self._scheduled_paths
 
     def files_waiting(self) -> bool:
-        """Whether any file is queued, backing off or in flight (keeps the token renewed)."""
-        return bool(self._scheduled)
+        """Whether any file is queued, backing off or in flight (keeps the token renewed).
+
+        A delivered file waiting only for its archive move needs no API.
+        """
+        return len(self._scheduled) > len(self._filing)
 
     async def stop(self, grace: float) -> None:
         """Stop taking files; give in-flight deliveries ``grace`` seconds, then cut them off."""
@@ -159,6 +169,24 @@ class TargetWorkers:
 
     # --- the workers -----------------------------------------------------------------
 
+    def _spawn(self) -> None:
+        number = len(self._workers)
+        task = asyncio.create_task(self._work(), name=f"{self._target.name}-worker-{number}")
+        self._workers[task] = None
+        task.add_done_callback(self._worker_ended)
+
+    def _worker_ended(self, task: asyncio.Task[None]) -> None:
+        """A worker may only end on stop; if one dies anyway, say so and replace it."""
+        if self._stopping or task.cancelled():
+            return
+        self._workers.pop(task, None)
+        self._log.critical(
+            "worker_died",
+            error=str(task.exception()),
+            action="starting a replacement; please report this with the log",
+        )
+        self._spawn()
+
     async def _work(self) -> None:
         current = asyncio.current_task()
         assert current is not None
@@ -171,12 +199,13 @@ class TargetWorkers:
             try:
                 await self._process(record_id)
             except asyncio.CancelledError:
-                self._journal.interrupted(record_id, self._clock.now())
+                with contextlib.suppress(Exception):
+                    self._journal.interrupted(record_id, self._clock.now())
                 raise
-            except Exception as error:  # a bug must not kill the worker or lose the file
+            except Exception as error:  # a bug, a full disk: the worker and the file survive
                 self._log.error("worker_error", error=str(error), error_type=type(error).__name__)
                 self._log.debug("worker_traceback", exc_info=True)
-                self._after_internal_error(record_id, error)
+                await self._after_internal_error(record_id, error)
             finally:
                 self._workers[current] = None
 
@@ -188,42 +217,70 @@ class TargetWorkers:
         if record.state != "pending":
             self._unschedule(record_id)
             return
-        bound = self._log.bind(file=record.path)
-        path = self._target.folder / record.path
-        try:
-            info = path.lstat()
-        except FileNotFoundError:
-            self._journal.gone(record_id, self._clock.now())
-            self._unschedule(record_id)
-            bound.warning("file_vanished", reason="removed from the drop folder before delivery")
+        opened = self._open(record)
+        if opened is None:
             return
-        if (info.st_size, info.st_mtime_ns) != (record.size, record.mtime_ns):
-            # Written to again since it was found ready: wait until it settles anew.
-            self._unschedule(record_id)
-            bound.info("file_changed_before_upload", action="waiting for it to settle again")
-            self.on_changed(record.path)
-            return
-        if self._needs_login:
-            try:
-                await self._credential.headers()
-            except LoginFailedError as error:
-                self._wait_for_login(record, error)
-                return
-        await self._deliver(record, path)
-
-    async def _deliver(self, record: FileRecord, path: Path) -> None:
-        bound = self._log.bind(file=record.path)
-        descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        descriptor, info = opened
         try:
-            facts = await file_facts(
-                path, record.path, descriptor=descriptor, size=record.size, with_sha256=self._needs_sha256
-            )
-            await self._deliver_open(record, facts)
+            if self._needs_login:
+                try:
+                    await self._credential.headers()
+                except LoginFailedError as error:
+                    self._wait_for_login(record, error)
+                    return
+            await self._deliver(record, descriptor, info)
         finally:
             os.close(descriptor)
 
-    async def _deliver_open(self, record: FileRecord, facts: FileFacts) -> None:
+    def _open(self, record: FileRecord) -> tuple[int, os.stat_result] | None:
+        """Open the file to deliver, or deal with why it cannot be; ``None`` then.
+
+        One descriptor, opened without following symlinks, serves the whole delivery:
+        what was checked here is what is sent.
+        """
         bound = self._log.bind(file=record.path)
+        try:
+            descriptor = os.open(
+                self._target.folder / record.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+            )
+        except FileNotFoundError:
+            self._forget(record, "file_vanished", "removed from the drop folder before delivery")
+            return None
+        except PermissionError:
+            self._unschedule(record.id)
+            if record.path not in self._unreadable:
+                self._unreadable.add(record.path)
+                bound.warning(
+                    "file_unreadable",
+                    hint="the daemon's user cannot read it: fix its mode or group; it is tried "
+                    "again at the next rescan",
+                )
+            return None
+        except OSError as error:
+            if error.errno != errno.ELOOP:
+                raise
+            self._forget(record, "symlink_skipped", "replaced by a symlink; symlinks are never followed")
+            return None
+        self._unreadable.discard(record.path)
+        info = os.fstat(descriptor)
+        if not stat.S_ISREG(info.st_mode):
+            os.close(descriptor)
+            self._forget(record, "file_skipped", "no longer a regular file")
+            return None
+        if (info.st_size, info.st_mtime_ns) != (record.size, record.mtime_ns):
+            # Written to again since it was found ready: wait until it settles anew.
+            os.close(descriptor)
+            self._unschedule(record.id)
+            bound.info("file_changed_before_upload", action="waiting for it to settle again")
+            self.on_changed(record.path)
+            return None
+        return descriptor, info
+
+    async def _deliver(self, record: FileRecord, descriptor: int, opened: os.stat_result) -> None:
+        path = self._target.folder / record.path
+        facts = await file_facts(
+            path, record.path, descriptor=descriptor, size=opened.st_size, with_sha256=self._needs_sha256
+        )
         target_values = {"name": self._target.name}
 
         def context(outputs: dict[str, object]) -> StepContext:
@@ -238,6 +295,7 @@ class TargetWorkers:
                 values=values,
             )
 
+        bound = self._log.bind(file=record.path)
         started = self._clock.now()
         bound.debug("delivery_started", attempt=record.attempts + 1, size=facts.size)
         try:
@@ -254,69 +312,47 @@ class TargetWorkers:
                 attempt=record.attempts + 1,
                 action="token discarded; retrying after a fresh login",
             )
-            self._retry(record, error, logged=True)
+            await self._retry(record, error, logged=True)
             return
         except PermanentDeliveryError as error:
-            self._give_up(record, error, attempts=record.attempts + 1)
+            await self._give_up(record, error, attempts=record.attempts + 1)
             return
         except DeliveryError as error:
-            self._retry(record, error)
+            await self._retry(record, error)
             return
         # The journal says "delivered" from here on (the last step's checkpoint).
         self._activity.touch()
+        after = os.fstat(descriptor)
+        if (after.st_size, after.st_mtime_ns) != (opened.st_size, opened.st_mtime_ns):
+            self._journal.done(record.id, "changed", self._clock.now())
+            self._unschedule(record.id)
+            bound.warning(
+                "file_changed_during_upload",
+                action="it was written to while being sent; the new version will be sent too",
+            )
+            self.on_changed(record.path)
+            return
         await self._file_away(record, duration=self._clock.now() - started)
 
     # --- outcomes --------------------------------------------------------------------
 
     async def _file_away(self, record: FileRecord, duration: float | None = None) -> None:
-        """Apply ``after_upload`` to a delivered file; the file is never sent again."""
-        action = self._target.after_upload
-        path = self._target.folder / record.path
-        destination: str | None = None
-        try:
-            if action.action == "archive":
-                assert action.archive_dir is not None
-                destination = str(await self._archive(path, action.archive_dir, record.path))
-            elif action.action == "delete":
-                path.unlink()
-                destination = "deleted"
-        except FileNotFoundError:
-            destination = "vanished"
-        except OSError as error:
-            delay = backoff_delay(1, self._target.retry.backoff, self._target.retry.max_backoff)
-            self._log.error(
-                "after_upload_failed",
-                file=record.path,
-                action=action.action,
-                error=str(error),
-                hint="the file was delivered and will not be sent again; fix the folder permissions",
-                retry_in=round(delay, 1),
-            )
-            self._later(record.id, record.path, delay)
+        verdict = await self._outcomes.file_away(record, duration)
+        if verdict is Verdict.RETRY:
+            failures = self._filing_failures.get(record.id, 0) + 1
+            self._filing_failures[record.id] = failures
+            delay = backoff_delay(failures, self._target.retry.backoff, self._target.retry.max_backoff)
+            self._later(record.id, record.path, delay, filing=True)
             return
-        self._journal.done(record.id, destination, self._clock.now())
         self._unschedule(record.id)
-        self._log.info(
-            "file_delivered",
-            file=record.path,
-            size=record.size,
-            after_upload=action.action,
-            destination=destination,
-            seconds=round(duration, 3) if duration is not None else None,
-        )
+        if verdict is Verdict.REPLACED:
+            self.on_changed(record.path)
 
-    @staticmethod
-    async def _archive(path: Path, archive_dir: Path, relative_path: str) -> Path:
-        """Archive with a hard link on the loop (microseconds); a copy goes to a thread."""
-        try:
-            return archive(path, archive_dir, relative_path, allow_copy=False)
-        except CopyNeededError:
-            return await asyncio.to_thread(archive, path, archive_dir, relative_path)
-
-    def _retry(self, record: FileRecord, error: DeliveryError, *, logged: bool = False) -> None:
-        attempts = self._journal.retry_later(record.id, error.message, error.status, self._clock.now())
+    async def _retry(self, record: FileRecord, error: DeliveryError, *, logged: bool = False) -> None:
+        message = self._redactor.scrub(error.message)
+        attempts = self._journal.retry_later(record.id, message, error.status, self._clock.now())
         if attempts >= self._target.retry.attempts:
-            self._give_up(self._journal.get(record.id), error, attempts=attempts)
+            await self._give_up(self._journal.get(record.id), error, attempts=attempts)
             return
         retry_after = error.retry_after if isinstance(error, TransientDeliveryError) else None
         delay = backoff_delay(
@@ -328,58 +364,40 @@ class TargetWorkers:
                 file=record.path,
                 step=error.step,
                 status=error.status,
-                error=error.message,
+                error=message,
                 attempt=attempts,
                 attempts_left=self._target.retry.attempts - attempts,
                 retry_in=round(delay, 1),
             )
         self._later(record.id, record.path, delay)
 
-    def _give_up(self, record: FileRecord, error: DeliveryError, *, attempts: int) -> None:
-        now = self._clock.now()
-        report: dict[str, Any] = {
-            "target": self._target.name,
-            "file": record.path,
-            "failed_at": datetime.datetime.fromtimestamp(now, datetime.UTC).isoformat(timespec="seconds"),
-            "attempts": attempts,
-            "step": error.step,
-            "status": error.status,
-            "error": error.message,
-            "body_excerpt": error.body_excerpt,
-            "details": getattr(error, "details", None),
-        }
-        report = dict(self._redactor(None, "sidecar", report))
-        source = self._target.folder / record.path
-        try:
-            destination: str | None = str(fail(source, self._target.failed_dir, record.path, report))
-        except FileNotFoundError:
-            destination = "vanished"
-        except OSError as move_error:
-            destination = None
-            self._log.error(
-                "failed_dir_unusable",
-                file=record.path,
-                error=str(move_error),
-                hint="the file stays in the drop folder and will not be retried until it changes",
-            )
-        self._journal.failed(record.id, error.message, error.status, destination, now)
+    async def _give_up(self, record: FileRecord, error: DeliveryError, *, attempts: int) -> None:
+        verdict = await self._outcomes.give_up(record, error, attempts)
         self._unschedule(record.id)
-        self._log.error(
-            "file_failed",
-            file=record.path,
-            step=error.step,
-            status=error.status,
-            error=error.message,
-            attempts=attempts,
-            destination=destination,
-        )
+        if verdict is Verdict.REPLACED:
+            self.on_changed(record.path)
 
-    def _after_internal_error(self, record_id: int, error: Exception) -> None:
-        record = self._journal.get(record_id)
-        if record.state == "delivered":
-            self._later(record_id, record.path, self._target.retry.backoff)
-        elif record.state in ("pending", "uploading"):
-            self._retry(record, TransientDeliveryError(f"internal error: {error}"))
+    async def _after_internal_error(self, record_id: int, error: Exception) -> None:
+        """Retry after an unexpected error, without ever raising (the journal may be the cause)."""
+        try:
+            record = self._journal.get(record_id)
+            if record.state == "delivered":
+                self._later(record_id, record.path, self._target.retry.backoff, filing=True)
+            elif record.state in ("pending", "uploading"):
+                await self._retry(record, TransientDeliveryError(f"internal error: {error}"))
+        except Exception as second:
+            self._log.error(
+                "worker_recovery_failed",
+                error=str(second),
+                action=f"trying the file again in {self._target.retry.max_backoff:g}s",
+            )
+            path = self._scheduled.get(record_id, "")
+            self._later(record_id, path, self._target.retry.max_backoff)
+
+    def _forget(self, record: FileRecord, event: str, reason: str) -> None:
+        self._journal.gone(record.id, self._clock.now())
+        self._unschedule(record.id)
+        self._log.warning(event, file=record.path, reason=reason)
 
     def _wait_for_login(self, record: FileRecord, error: LoginFailedError) -> None:
         """Pause the whole target until the login backoff ends; the file waits uncounted."""
@@ -396,13 +414,17 @@ class TargetWorkers:
         self._scheduled_paths.add(relative_path)
         self._queue.put_nowait(record_id)
 
-    def _later(self, record_id: int, relative_path: str, delay: float) -> None:
+    def _later(self, record_id: int, relative_path: str, delay: float, *, filing: bool = False) -> None:
+        if filing:
+            self._filing.add(record_id)
         self._scheduled[record_id] = relative_path
         self._scheduled_paths.add(relative_path)
         loop = asyncio.get_running_loop()
         self._timers[record_id] = loop.call_later(delay, self._enqueue, record_id, relative_path)
 
     def _unschedule(self, record_id: int) -> None:
+        self._filing.discard(record_id)
+        self._filing_failures.pop(record_id, None)
         path = self._scheduled.pop(record_id, None)
         if path is not None:
             self._scheduled_paths.discard(path)

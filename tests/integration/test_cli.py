@@ -286,3 +286,21 @@ def test_check_config_accepts_a_good_file_and_shows_each_step_of_the_delivery(
     assert "upload (multipart)" in result.stdout
     assert "path: /api/envio" in result.stdout
     assert PASSWORD not in result.stdout + result.stderr
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to hand the state directory to another user")
+def test_status_run_as_root_reads_the_journal_as_the_daemons_user(tmp_path: Path) -> None:
+    """Any file SQLite creates while root reads the journal belongs to the daemon's user."""
+    import pwd
+    import shutil
+
+    from uploader_daemon.status import _as_owner_of
+
+    nobody = pwd.getpwnam("nobody")
+    state = tmp_path / "state"
+    state.mkdir()
+    shutil.chown(state, nobody.pw_uid, nobody.pw_gid)
+
+    with _as_owner_of(state):
+        assert (nobody.pw_uid, nobody.pw_gid) == (os.geteuid(), os.getegid())
+    assert (0, 0) == (os.geteuid(), os.getegid())

@@ -21,11 +21,12 @@ from moto.server import ThreadedMotoServer
 
 from uploader_daemon.activity import ApiActivity
 from uploader_daemon.auth.cognito import CognitoProvider
-from uploader_daemon.auth.grant import TokenGrant, TokenRequestError, jwt_claims
+from uploader_daemon.auth.grant import TokenGrant, jwt_claims
 from uploader_daemon.auth.managed import ManagedTokenCredential
 from uploader_daemon.auth.store import TokenStore
 from uploader_daemon.config.auth import CognitoAuth
 from uploader_daemon.config.schema import RetrySettings
+from uploader_daemon.errors import TokenRequestError
 from uploader_daemon.logs import Redactor
 
 REGION = "us-east-1"

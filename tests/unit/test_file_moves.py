@@ -220,3 +220,33 @@ def test_a_move_that_needs_a_copy_can_be_refused_untouched(
         archive(source, tmp_path / "sent", "a.csv", allow_copy=False)
     assert source.exists()
     assert names(tmp_path / "sent") == []
+
+
+def test_a_source_that_cannot_be_removed_takes_its_new_name_back(
+    drop: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No half-done move: if the drop folder refuses the unlink, the archive gains nothing."""
+    source = dropped(drop, "a.csv")
+    real_unlink = Path.unlink
+
+    def unlink(self: Path, missing_ok: bool = False) -> None:
+        if self == source:
+            raise PermissionError(errno.EACCES, "Permission denied", str(self))
+        real_unlink(self, missing_ok=missing_ok)
+
+    monkeypatch.setattr(file_moves.Path, "unlink", unlink)
+    with pytest.raises(PermissionError):
+        archive(source, tmp_path / "sent", "a.csv")
+    assert source.read_text(encoding="utf-8") == "new content"
+    assert names(tmp_path / "sent") == []
+
+
+def test_a_move_half_done_by_a_crash_is_finished_not_duplicated(drop: Path, tmp_path: Path) -> None:
+    """Linked but not unlinked before a crash: the next attempt only removes the source."""
+    source = dropped(drop, "a.csv")
+    (tmp_path / "sent").mkdir()
+    os.link(source, tmp_path / "sent" / "a.csv")
+    destination = archive(source, tmp_path / "sent", "a.csv")
+    assert destination == tmp_path / "sent" / "a.csv"
+    assert not source.exists()
+    assert names(tmp_path / "sent") == ["a.csv"]

@@ -14,9 +14,10 @@ import httpx
 import pytest
 import respx
 
-from uploader_daemon.auth.grant import TokenGrant, TokenRequestError
+from uploader_daemon.auth.grant import TokenGrant
 from uploader_daemon.auth.http_token import HttpTokenProvider
 from uploader_daemon.config.auth import TokenAuth
+from uploader_daemon.errors import TokenRequestError
 
 BASE_URL = "https://api.example.test"
 PASSWORD = 'pa55-w0rd-"quoted"\\'

@@ -39,9 +39,18 @@ def admitted(
     return record
 
 
+def is_active(journal: Journal, target: str, path: str) -> bool:
+    """Whether the journal has a pending, uploading or delivered row for ``path``."""
+    row = journal._db.execute(
+        "SELECT 1 FROM files WHERE target=? AND path=? AND state IN ('pending','uploading','delivered')",
+        (target, path),
+    ).fetchone()
+    return row is not None
+
+
 def uploading(journal: Journal, path: str = "a.csv", now: float = T0) -> FileRecord:
     record = admitted(journal, path, now=now)
-    journal.start(record.id, now)
+    journal.step_started(record.id, 0, "plan", now)
     return journal.get(record.id)
 
 
@@ -115,7 +124,7 @@ def test_a_new_file_is_admitted_as_pending(journal: Journal) -> None:
     )
     assert (record.attempts, record.next_step, record.step_in_flight, record.outputs) == (0, 0, None, {})
     assert (record.discovered_at, record.updated_at) == (T0, T0)
-    assert journal.is_active("reports", "sub/a.csv")
+    assert is_active(journal, "reports", "sub/a.csv")
 
 
 def test_admitting_a_waiting_file_again_returns_the_same_record(journal: Journal) -> None:
@@ -128,9 +137,9 @@ def test_admitting_a_waiting_file_again_returns_the_same_record(journal: Journal
 def test_a_file_rewritten_while_pending_gets_its_new_size_and_a_fresh_start(journal: Journal) -> None:
     """The upload must send the new content, so an old attempt's checkpoint is dropped."""
     record = admitted(journal, size=10, mtime_ns=1)
-    journal.start(record.id, T0)
+    journal.step_started(record.id, 0, "plan", T0)
     journal.step_finished(record.id, 0, {"create": {"id": 1, "fields": {"key": "k"}}}, T0)
-    journal.step_started(record.id, 1, T0)
+    journal.step_started(record.id, 1, "plan", T0)
     journal.retry_later(record.id, "503 from storage", 503, T0 + 1)
     updated = admitted(journal, size=20, mtime_ns=2, now=T0 + 9)
     assert updated.id == record.id
@@ -146,7 +155,7 @@ def test_a_file_in_flight_or_delivered_is_not_admitted(journal: Journal) -> None
     assert journal.admit("reports", "a.csv", 99, 2, T0) is None
     journal.delivered(record.id, T0)
     assert journal.admit("reports", "a.csv", 10, 1, T0) is None
-    assert journal.is_active("reports", "a.csv")
+    assert is_active(journal, "reports", "a.csv")
 
 
 def test_the_same_path_in_another_target_is_a_different_file(journal: Journal) -> None:
@@ -199,7 +208,7 @@ def test_a_gone_file_that_reappears_is_admitted_again(journal: Journal) -> None:
     record = admitted(journal)
     journal.gone(record.id, T0)
     assert journal.get(record.id).state == "gone"
-    assert not journal.is_active("reports", "a.csv")
+    assert not is_active(journal, "reports", "a.csv")
     assert admitted(journal).id != record.id
 
 
@@ -252,7 +261,7 @@ def test_getting_an_unknown_record_raises_key_error(journal: Journal) -> None:
 def test_checkpoints_record_the_step_in_flight_and_the_next_step(journal: Journal) -> None:
     """step_started marks the step whose outcome is unknown; step_finished moves past it."""
     record = uploading(journal)
-    journal.step_started(record.id, 0, T0 + 1)
+    journal.step_started(record.id, 0, "plan", T0 + 1)
     assert (journal.get(record.id).step_in_flight, journal.get(record.id).next_step) == (0, 0)
     outputs = {"create": {"id": 42, "fields": {"key": "k", "Policy": "p"}}}
     journal.step_finished(record.id, 0, outputs, T0 + 2)
@@ -282,7 +291,7 @@ def test_resume_at_sets_where_the_next_attempt_starts(journal: Journal) -> None:
     """A stale upload grant restarts from step 0 with no outputs."""
     record = uploading(journal)
     journal.step_finished(record.id, 0, {"create": {"id": 1}}, T0)
-    journal.step_started(record.id, 1, T0)
+    journal.step_started(record.id, 1, "plan", T0)
     journal.resume_at(record.id, 0, {}, T0 + 1)
     after = journal.get(record.id)
     assert (after.next_step, after.step_in_flight, after.outputs) == (0, None, {})
@@ -292,7 +301,7 @@ def test_retry_later_counts_attempts_and_keeps_the_error(journal: Journal) -> No
     """Each transient failure is one attempt; the file goes back to pending."""
     record = uploading(journal)
     assert journal.retry_later(record.id, "503 Service Unavailable", 503, T0 + 1) == 1
-    journal.start(record.id, T0 + 2)
+    journal.step_started(record.id, 0, "plan", T0 + 2)
     assert journal.retry_later(record.id, "timed out", None, T0 + 3) == 2
     after = journal.get(record.id)
     assert (after.state, after.attempts, after.last_error, after.last_status, after.updated_at) == (
@@ -309,7 +318,7 @@ def test_requeue_does_not_count_an_attempt(journal: Journal) -> None:
     record = uploading(journal)
     journal.requeue(record.id, T0 + 1)
     assert (journal.get(record.id).state, journal.get(record.id).attempts) == ("pending", 0)
-    journal.start(record.id, T0 + 2)
+    journal.step_started(record.id, 0, "plan", T0 + 2)
     journal.requeue(record.id, T0 + 3, error="waiting for a successful login")
     after = journal.get(record.id)
     assert (after.state, after.attempts, after.last_error) == ("pending", 0, "waiting for a successful login")
@@ -335,7 +344,7 @@ def test_interrupted_only_touches_uploading_rows(journal: Journal) -> None:
 def test_delivered_clears_the_step_in_flight(journal: Journal) -> None:
     """Every step succeeded: nothing is in flight any more."""
     record = uploading(journal)
-    journal.step_started(record.id, 0, T0)
+    journal.step_started(record.id, 0, "plan", T0)
     journal.delivered(record.id, T0 + 1)
     after = journal.get(record.id)
     assert (after.state, after.step_in_flight) == ("delivered", None)
@@ -345,12 +354,12 @@ def test_done_records_the_destination_and_clears_the_last_error(journal: Journal
     """A file that needed retries ends clean."""
     record = uploading(journal)
     journal.retry_later(record.id, "503", 503, T0)
-    journal.start(record.id, T0 + 1)
+    journal.step_started(record.id, 0, "plan", T0 + 1)
     journal.delivered(record.id, T0 + 2)
     journal.done(record.id, "/srv/sent/a.csv", T0 + 3)
     after = journal.get(record.id)
     assert (after.state, after.destination, after.last_error) == ("done", "/srv/sent/a.csv", None)
-    assert not journal.is_active("reports", "a.csv")
+    assert not is_active(journal, "reports", "a.csv")
 
 
 def test_failed_records_the_error_status_and_destination(journal: Journal) -> None:

@@ -25,7 +25,7 @@ from uploader_daemon.config.upload import (
     Step,
 )
 from uploader_daemon.delivery.facts import FileFacts
-from uploader_daemon.delivery.run import Delivery, resume_point
+from uploader_daemon.delivery.run import Delivery, plan_of, resume_point
 from uploader_daemon.delivery.steps import StepContext
 from uploader_daemon.errors import PermanentDeliveryError, TransientDeliveryError
 from uploader_daemon.journal import FileRecord, Journal
@@ -171,7 +171,6 @@ def facts(tmp_path: Path) -> FileFacts:
 def new_record(journal: Journal, facts: FileFacts) -> FileRecord:
     record = journal.admit("docs", facts.relative_path, facts.size, 1, 1_700_000_000.0)
     assert record is not None
-    journal.start(record.id, 1_700_000_000.0)
     return journal.get(record.id)
 
 
@@ -312,7 +311,7 @@ def test_an_in_flight_poll_resumes_with_the_saved_values(journal: Journal, facts
         {"upload": {"file_id": "f-3", "fields": {"k": "v"}}, "store": {}, "confirm": {}},
         1_700_000_001.0,
     )
-    journal.step_started(record.id, 3, 1_700_000_002.0)
+    journal.step_started(record.id, 3, plan_of(presigned_steps()), 1_700_000_002.0)
     with respx.mock(assert_all_called=False) as router:
         confirm = router.post(f"{API}/confirm-upload").respond(200)
         status = router.get(f"{API}/consult-status").respond(200, json={"status": "completed"})
@@ -327,7 +326,7 @@ def test_an_in_flight_confirm_starts_over_with_a_fresh_grant(journal: Journal, f
     journal.step_finished(
         record.id, 1, {"create": {"id": 5, "fields": {"policy": "old"}}, "store": {}}, 1_700_000_001.0
     )
-    journal.step_started(record.id, 2, 1_700_000_002.0)
+    journal.step_started(record.id, 2, plan_of(runrun_steps()), 1_700_000_002.0)
     with respx.mock() as router:
         create, storage, confirm = routes(router)
         deliver(runrun_steps(), journal, journal.get(record.id), facts)
@@ -380,3 +379,31 @@ def test_four_expired_grants_in_a_row_give_up_this_attempt_and_suspect_the_clock
     assert "clock" in str(caught.value)
     assert "store" == caught.value.step
     assert 403 == caught.value.status
+
+
+def test_a_confirm_refused_with_429_is_sent_again_without_starting_over(
+    journal: Journal, facts: FileFacts
+) -> None:
+    """A definite refusal did nothing on the server: the next attempt repeats only that step."""
+    record = new_record(journal, facts)
+    with respx.mock() as router:
+        create, storage, confirm = routes(router, confirm_status=429)
+        with pytest.raises(TransientDeliveryError):
+            deliver(runrun_steps(), journal, record, facts)
+    refused = journal.get(record.id)
+    assert (2, None) == (refused.next_step, refused.step_in_flight)
+    with respx.mock(assert_all_called=False) as router:
+        create, storage, confirm = routes(router)
+        deliver(runrun_steps(), journal, refused, facts)
+    assert (0, 0, 1) == (create.call_count, storage.call_count, confirm.call_count)
+
+
+def test_a_checkpoint_of_another_step_list_is_not_trusted(journal: Journal, facts: FileFacts) -> None:
+    """After a config change the saved step indexes mean other steps: the delivery starts over."""
+    record = new_record(journal, facts)
+    journal.step_started(record.id, 2, "a-different-plan", 1_700_000_001.0)
+    journal.step_finished(record.id, 2, {"create": {"id": 5}}, 1_700_000_002.0)
+    with respx.mock() as router:
+        create, storage, confirm = routes(router)
+        deliver(runrun_steps(), journal, journal.get(record.id), facts)
+    assert (1, 1, 1) == (create.call_count, storage.call_count, confirm.call_count)

@@ -13,9 +13,10 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from uploader_daemon.auth.grant import TokenGrant, TokenRequestError, expiry_for, jwt_claims
+from uploader_daemon.auth.grant import TokenGrant, expiry_for, jwt_claims
 from uploader_daemon.clock import Clock
 from uploader_daemon.config.auth import CognitoAuth
+from uploader_daemon.errors import TokenRequestError
 
 # Cognito's answers for credentials it will not accept: retrying cannot help.
 _REJECTIONS = frozenset(

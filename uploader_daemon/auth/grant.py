@@ -26,19 +26,6 @@ class TokenGrant:
         return f"TokenGrant(expires_at={self.expires_at}, obtained_at={self.obtained_at})"
 
 
-class TokenRequestError(Exception):
-    """A login or refresh request failed.
-
-    ``rejected`` means the server refused the credentials (401/403, a Cognito
-    ``NotAuthorizedException``); otherwise the failure is transient (network, 5xx).
-    """
-
-    def __init__(self, message: str, *, status: int | None = None, rejected: bool = False) -> None:
-        super().__init__(message)
-        self.status = status
-        self.rejected = rejected
-
-
 def expiry_for(token: str, sent_at: float, expires_in: object, default_lifetime: float) -> float:
     """Absolute expiry: ``expires_in`` seconds, else the JWT ``exp`` claim, else the default.
 

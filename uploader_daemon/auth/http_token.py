@@ -13,11 +13,11 @@ from typing import Any
 
 import httpx
 
-from uploader_daemon.auth.grant import TokenGrant, TokenRequestError, expiry_for
+from uploader_daemon.auth.grant import TokenGrant, expiry_for
 from uploader_daemon.clock import Clock
 from uploader_daemon.config.auth import TokenAuth
 from uploader_daemon.delivery.templating import MissingValueError, dig, dig_optional
-from uploader_daemon.errors import UploaderError
+from uploader_daemon.errors import TokenRequestError, UploaderError
 from uploader_daemon.http import excerpt, join_url, send
 from uploader_daemon.logs import REDACTED
 

@@ -25,13 +25,13 @@ from typing import Protocol
 
 from uploader_daemon.activity import ApiActivity
 from uploader_daemon.auth.base import AuthHeaders
-from uploader_daemon.auth.grant import TokenGrant, TokenRequestError
+from uploader_daemon.auth.grant import TokenGrant
 from uploader_daemon.auth.store import TokenStore
 from uploader_daemon.backoff import backoff_delay
 from uploader_daemon.clock import Clock
 from uploader_daemon.config.auth import RenewalSettings
 from uploader_daemon.config.schema import RetrySettings
-from uploader_daemon.errors import LoginFailedError
+from uploader_daemon.errors import LoginFailedError, TokenRequestError
 from uploader_daemon.logs import Redactor, get_logger
 
 log = get_logger(__name__)
@@ -97,11 +97,6 @@ class ManagedTokenCredential:
     @property
     def expires_at(self) -> float | None:
         return self._grant.expires_at if self._grant else None
-
-    @property
-    def renew_at(self) -> float | None:
-        """When the scheduler should look again (see :func:`renewal_time`)."""
-        return renewal_time(self._grant, self._renewal.before_expiry) if self._grant else None
 
     def on_new_token(self, callback: Callable[[float], None]) -> None:
         """Call ``callback(renew_at)`` whenever a new token arrives (the scheduler hook)."""

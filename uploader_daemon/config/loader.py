@@ -38,7 +38,8 @@ def load_config(
 
     ``environ`` supplies ``{env: NAME}`` secrets and ``$CREDENTIALS_DIRECTORY``
     (default: the process environment); with ``resolve_secrets=False`` secrets are left
-    unread (for ``status``). Raises :class:`ConfigError`.
+    unread and the drop folders are not checked (``status`` must work while a mount is
+    down). Raises :class:`ConfigError`.
     """
     source = str(path)
     try:
@@ -55,17 +56,26 @@ def load_config(
         raise ConfigError(source, ["this is a directory; --config needs the YAML file"]) from None
     except UnicodeDecodeError:
         raise ConfigError(source, ["the config file is not UTF-8 text"]) from None
+    except OSError as error:
+        raise ConfigError(source, [f"the config file cannot be read: {error.strerror or error}"]) from None
     environment = os.environ if environ is None else environ
-    return parse_config(text, source, environment, resolve_secrets=resolve_secrets)
+    return parse_config(
+        text, source, environment, resolve_secrets=resolve_secrets, check_folders=resolve_secrets
+    )
 
 
 def parse_config(
-    text: str, source: str, environ: Mapping[str, str], *, resolve_secrets: bool = True
+    text: str,
+    source: str,
+    environ: Mapping[str, str],
+    *,
+    resolve_secrets: bool = True,
+    check_folders: bool = True,
 ) -> Config:
     """Validate YAML ``text``; ``source`` names it in error messages."""
     data = _load_yaml(text, source)
     # Checked on the raw data, so a missing folder is reported with every other problem.
-    folder_problems = _check_folders(data)
+    folder_problems = _check_folders(data) if check_folders else []
     try:
         context = {"environ": environ, "skip_secrets": not resolve_secrets}
         config = Config.model_validate(data, context=context)

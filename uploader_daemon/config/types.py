@@ -73,7 +73,10 @@ def absolute_path(value: object) -> Path:
 def _http_url(value: object) -> str:
     if not isinstance(value, str):
         raise ValueError("must be an http:// or https:// URL")
-    parts = urlsplit(value.strip())
+    try:
+        parts = urlsplit(value.strip())
+    except ValueError as error:  # "Invalid IPv6 URL" and the like
+        raise ValueError(f"{value!r} is not a valid URL ({error})") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"{value!r} is not an http:// or https:// URL with a host")
     if parts.query or parts.fragment:

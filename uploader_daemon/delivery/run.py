@@ -7,25 +7,39 @@ Where an interrupted delivery resumes (after a crash or a failed attempt):
   delivery starts over, so nothing is confirmed twice;
 - between steps, the next step runs, except a storage POST: its presigned grant is
   short-lived, so the delivery starts over to get a fresh one;
+- a step the server definitely refused (401, 408, 425, 429) or that never went out (no
+  login) did not take effect: the next attempt sends that step again;
 - a storage that says the grant expired restarts the delivery at once (a few times),
-  without counting a failed attempt.
+  without counting a failed attempt;
+- a checkpoint written for another step list (the config changed) is not trusted:
+  the delivery starts over.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Callable, Sequence
 
 from uploader_daemon.clock import Clock
 from uploader_daemon.config.upload import Step, StoragePostStep, step_is_repeatable, step_templates
 from uploader_daemon.delivery.steps import StepContext, run_step
 from uploader_daemon.delivery.templating import references_in
-from uploader_daemon.errors import StaleUploadGrantError, TransientDeliveryError
+from uploader_daemon.errors import (
+    AuthRejectedError,
+    DeliveryError,
+    LoginFailedError,
+    StaleUploadGrantError,
+    TransientDeliveryError,
+)
 from uploader_daemon.journal import FileRecord, Journal
 from uploader_daemon.logs import get_logger
 
 log = get_logger(__name__)
 
 MAX_GRANT_RESTARTS = 3
+# Statuses that say the request was refused before it did anything.
+_REFUSED_STATUSES = frozenset({401, 408, 425, 429})
 
 
 def resume_point(steps: Sequence[Step], next_step: int, step_in_flight: int | None) -> int:
@@ -38,6 +52,19 @@ def resume_point(steps: Sequence[Step], next_step: int, step_in_flight: int | No
     if 0 < next_step < len(steps) and isinstance(steps[next_step], StoragePostStep):
         return 0
     return min(next_step, len(steps))
+
+
+def plan_of(steps: Sequence[Step]) -> str:
+    """A short fingerprint of a step list, stored with each checkpoint."""
+    described = json.dumps([step.model_dump(mode="json") for step in steps], sort_keys=True)
+    return hashlib.sha256(described.encode()).hexdigest()[:16]
+
+
+def _not_sent(error: BaseException) -> bool:
+    """Whether the failed step certainly had no effect on the server."""
+    if isinstance(error, LoginFailedError | AuthRejectedError):
+        return True
+    return isinstance(error, TransientDeliveryError) and error.status in _REFUSED_STATUSES
 
 
 def uses_sha256(steps: Sequence[Step]) -> bool:
@@ -55,6 +82,7 @@ class Delivery:
 
     def __init__(self, steps: Sequence[Step], journal: Journal, clock: Clock) -> None:
         self.steps = tuple(steps)
+        self.plan = plan_of(self.steps)
         self._journal = journal
         self._clock = clock
 
@@ -65,14 +93,19 @@ class Delivery:
         the steps completed so far. Raises from the error tree on failure; the journal
         then knows which step was in flight.
         """
-        index = resume_point(self.steps, record.next_step, record.step_in_flight)
+        replanned = record.plan is not None and record.plan != self.plan
+        # A checkpoint of another step list: its indexes would mean other steps.
+        index = 0 if replanned else resume_point(self.steps, record.next_step, record.step_in_flight)
         outputs: dict[str, object] = dict(record.outputs) if index > 0 else {}
         bound = log.bind(target=record.target, file=record.path)
         if index == 0 and (record.next_step > 0 or (record.step_in_flight or 0) > 0):
             # Only worth saying when progress is thrown away; retrying step 0 is a retry.
-            bound.info(
-                "delivery_starting_over", reason="an earlier attempt stopped at a step that must not repeat"
+            reason = (
+                "the configured steps changed since the last attempt"
+                if replanned
+                else "an earlier attempt stopped at a step that must not repeat"
             )
+            bound.info("delivery_starting_over", reason=reason)
         elif index > 0:
             bound.info("delivery_resuming", step=self.steps[index].name if index < len(self.steps) else None)
         if index >= len(self.steps):
@@ -81,7 +114,7 @@ class Delivery:
         restarts = 0
         while index < len(self.steps):
             step = self.steps[index]
-            self._journal.step_started(record.id, index, self._clock.now())
+            self._journal.step_started(record.id, index, self.plan, self._clock.now())
             try:
                 produced = await run_step(step, make_context(outputs))
             except StaleUploadGrantError as error:
@@ -101,6 +134,11 @@ class Delivery:
                 index = 0
                 self._journal.resume_at(record.id, 0, outputs, self._clock.now())
                 continue
+            except (LoginFailedError, DeliveryError) as error:
+                if _not_sent(error):
+                    # Refused or never sent: the next attempt may send this step again.
+                    self._journal.resume_at(record.id, index, outputs, self._clock.now())
+                raise
             outputs[step.name] = produced
             self._journal.step_finished(
                 record.id, index, outputs, self._clock.now(), last=index == len(self.steps) - 1
