@@ -123,8 +123,7 @@ class Daemon:
         grace = self.config.shutdown_grace
         log.info("daemon_stopping", grace=grace)
         self._scheduler.shutdown()
-        for service in self.services:
-            service.stop_watching()
+        await asyncio.gather(*(service.stop_watching() for service in self.services))
         # A job under way (a token refresh) and the in-flight uploads share one grace period.
         stopping = asyncio.gather(
             self._scheduler.finish_running(grace), *(service.stop(grace) for service in self.services)
@@ -148,8 +147,7 @@ class Daemon:
     async def _release(self) -> None:
         """Give back what startup took (also after a failed startup)."""
         self._scheduler.shutdown()
-        for service in self.services:
-            service.stop_watching()
+        await asyncio.gather(*(service.stop_watching() for service in self.services))
         if self._journal is not None:
             self._journal.close()
             self._journal = None

@@ -76,16 +76,29 @@ def archive(source: Path, archive_dir: Path, relative_path: str, *, allow_copy: 
     return place(source, archive_dir.joinpath(*relative.parts[:-1]), relative.name, allow_copy=allow_copy)
 
 
-def fail(source: Path, failed_dir: Path, relative_path: str, report: dict[str, Any]) -> Path:
-    """Move a file that cannot be delivered to ``failed_dir`` with a ``.error.json`` beside it."""
+def fail(
+    source: Path, failed_dir: Path, relative_path: str, report: dict[str, Any], *, allow_copy: bool = True
+) -> Path:
+    """Move a file that cannot be delivered to ``failed_dir`` with a ``.error.json`` beside it.
+
+    Raises :class:`SidecarError` (carrying the new path) when the file moved but its
+    sidecar could not be written, ``OSError`` when the file could not be moved.
+    """
     relative = PurePosixPath(relative_path)
     destination = place(
-        source, failed_dir.joinpath(*relative.parts[:-1]), relative.name, keep_free=(".error.json",)
+        source,
+        failed_dir.joinpath(*relative.parts[:-1]),
+        relative.name,
+        keep_free=(".error.json",),
+        allow_copy=allow_copy,
     )
-    write_atomically(
-        destination.with_name(destination.name + ".error.json"),
-        json.dumps(report, indent=2, default=str) + "\n",
-    )
+    try:
+        write_atomically(
+            destination.with_name(destination.name + ".error.json"),
+            json.dumps(report, indent=2, default=str) + "\n",
+        )
+    except OSError as error:
+        raise SidecarError(destination, error) from None
     return destination
 
 

@@ -3,7 +3,8 @@
 Transport problems (refused, reset, DNS, TLS, timeout) become :class:`NetworkError` with
 a sentence naming the host; statuses are classified by :func:`check_status` into the
 error tree of :mod:`uploader_daemon.errors`. Request logs carry the method, the URL
-without its query string (presigned URLs carry signatures there) and the status.
+without its query string (presigned URLs carry signatures there) and the status; body
+excerpts quoted into errors have recognisable credentials cut out.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from uploader_daemon.errors import (
     TransientDeliveryError,
     UploaderError,
 )
-from uploader_daemon.logs import get_logger
+from uploader_daemon.logs import get_logger, scrub_text
 
 log = get_logger(__name__)
 
@@ -149,12 +150,17 @@ def check_status(
 
 
 def excerpt(response: httpx.Response, limit: int = EXCERPT_LENGTH) -> str:
-    """The start of a (read) response body as one line of text, for logs and sidecars."""
+    """The start of a (read) response body as one line of text, for logs and sidecars.
+
+    Credentials the body quotes (a token field, a presigned URL's signature, a Bearer
+    header echoed back) are replaced by ``[REDACTED]`` before the text is shortened,
+    so a secret cut at the end cannot survive in part. An unread body gives ``""``.
+    """
     try:
         text = response.content[: limit * 4].decode(response.encoding or "utf-8", "replace")
     except (httpx.ResponseNotRead, LookupError):
         return ""
-    text = " ".join(text.split())
+    text = scrub_text(" ".join(text.split()))
     return text[:limit] + ("..." if len(text) > limit else "")
 
 

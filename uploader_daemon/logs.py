@@ -2,7 +2,9 @@
 
 Ours (structlog) and the libraries' (stdlib ``logging``: apscheduler, httpx, watchdog)
 share the same processors and renderer, so all output looks alike and every line
-passes the :class:`Redactor`. Configured once by the CLI, never at import time.
+passes the :class:`Redactor`. Libraries that echo URLs or response bodies (httpx,
+botocore...) stay at WARNING even at debug level: a secret they print may not be known
+to the redactor yet. Configured once by the CLI, never at import time.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import os
 import re
 import sys
 import threading
-from collections.abc import Iterable, MutableMapping
+from collections.abc import Iterable, Mapping, MutableMapping
 from typing import Any, TextIO
 
 import structlog
@@ -20,22 +22,118 @@ from structlog.typing import EventDict, FilteringBoundLogger, Processor, Wrapped
 
 REDACTED = "[REDACTED]"
 
-# Keys whose values are secrets whatever they contain.
+# Keys whose values are secrets whatever they contain (compared in lower case, "-" as "_").
 _SENSITIVE_KEY = re.compile(
     r"^(password|passwd|secret|token|access_token|refresh_token|id_token|authorization|"
     r"proxy_authorization|cookie|set_cookie|api_key|app_key|user_token|client_secret|"
-    r"x_amz_signature|signature|policy|credentials?)$|(_password|_secret|_token|_api_?key|_apikey)$"
+    r"accesstoken|refreshtoken|idtoken|sessiontoken|"
+    r"x_amz_signature|x_amz_credential|x_amz_security_token|awsaccesskeyid|signature|policy|"
+    r"credentials?)$|(_password|_secret|_token|_api_?key|_apikey)$"
 )
 # Credentials that can show up inside free text (an exception message, a body excerpt).
 # The token characters are RFC 6750's b64token (base64url included: "-" and "_"). The
 # scheme needs a space after it, so identifiers such as bearer_token_missing survive.
 _BEARER = re.compile(r"(?i)\b(?:(bearer|basic)\s+|(tok:)\s*)[A-Za-z0-9._~+/=_-]{6,}")
 _JWT = re.compile(r"\beyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*")
+# A secret field quoted in JSON ("RefreshToken": "...") or a Python repr ('password': '...'),
+# also inside a JSON string (\"token\": \"...\"). A value cut short by an excerpt runs to
+# the end of the text and is cut all the same.
+_SECRET_FIELD = re.compile(
+    r"""(?ixs)
+    (?P<key>(?P<quote>\\?["'])
+        (?:[\w-]*(?:password|token|secret)|x-amz-(?:signature|credential)|signature|policy|awsaccesskeyid)
+        (?P=quote))
+    (?P<colon>\s*:\s*)
+    (?P<open>\\?["'])
+    (?:(?!(?P=open))(?:[^\\]|\\.))*
+    (?P<close>(?P=open)|\\?$)
+    """
+)
+# A secret query parameter of a URL (presigned signatures, tokens): the key is kept.
+_SECRET_PARAMETER = re.compile(
+    r"(?i)(?<![\w-])(x-amz-signature|x-amz-credential|x-amz-security-token|signature|awsaccesskeyid|"
+    r"policy|access_token|refresh_token|id_token|token|client_secret|password|sig)=[^&\s\"'#<>\\]+"
+)
+# A secret element of an XML error body: S3's SignatureDoesNotMatch answer quotes the
+# signature sent and the string signed (for a POST, the policy itself).
+_SECRET_ELEMENT = re.compile(
+    r"(?i)<(signatureprovided|stringtosign(?:bytes)?|canonicalrequest(?:bytes)?|awsaccesskeyid|"
+    r"x-amz-signature|x-amz-credential|signature|policy|[\w-]*token|[\w-]*password)>[^<]*(</\1>|$)"
+)
+# Cheap tests that let most lines skip a pattern: each pattern needs one of these words.
+_FIELD_WORDS = ("token", "password", "secret", "signature", "policy", "amz-", "awsaccesskeyid")
+_PARAMETER_WORDS = ("signature", "amz-", "awsaccesskeyid", "policy", "token", "secret", "password", "sig=")
+_SCHEME_WORDS = ("bearer", "basic", "tok:")
+_ELEMENT_WORDS = (
+    "signature",
+    "stringtosign",
+    "canonicalrequest",
+    "accesskeyid",
+    "policy",
+    "token>",
+    "password>",
+)
 _MIN_SECRET_LENGTH = 4
 
-# Libraries whose INFO output is noise for an admin (a line per HTTP request, per
-# scheduler tick) or could echo URLs with presigned query strings.
-_QUIET_LIBRARIES = ("apscheduler", "httpx", "httpcore", "watchdog", "botocore", "urllib3", "pycognito")
+# Libraries whose INFO and DEBUG output is noise for an admin (a line per scheduler tick,
+# per file event) but useful when debugging.
+_CHATTY_LIBRARIES = ("apscheduler", "watchdog", "pycognito")
+# Libraries kept at WARNING even at debug: their debug and info lines print request URLs
+# with presigned query strings (httpx's "HTTP Request: GET ...?X-Amz-Signature=...") and
+# whole response bodies (botocore's Cognito answer with the refresh token, before the
+# daemon has it to register). Our own ``http_request`` debug event says what they would.
+_SECRET_ECHOING_LIBRARIES = ("httpx", "httpcore", "botocore", "boto3", "urllib3", "s3transfer")
+
+
+def scrub_text(text: str) -> str:
+    """Return ``text`` with every recognisable credential replaced by ``[REDACTED]``.
+
+    Recognised without being registered: ``Bearer``/``Basic``/``TOK:`` credentials,
+    JWT-shaped strings, the values of secret fields quoted in JSON or a Python repr
+    (``"RefreshToken": "..."``, ``'password': '...'``, ``"x-amz-signature": "..."``), of
+    secret URL query parameters (``X-Amz-Signature=...``, ``token=...``) and of secret
+    XML elements (S3's ``<SignatureProvided>``, ``<StringToSign>``); keys stay.
+    """
+    if "eyJ" in text:
+        text = _JWT.sub(REDACTED, text)
+    lowered = text.lower()
+    if ":" in text and ('"' in text or "'" in text) and any(word in lowered for word in _FIELD_WORDS):
+        text = _SECRET_FIELD.sub(_blank_field, text)
+    if "=" in text and any(word in lowered for word in _PARAMETER_WORDS):
+        text = _SECRET_PARAMETER.sub(lambda match: f"{match.group(1)}={REDACTED}", text)
+    if "<" in text and any(word in lowered for word in _ELEMENT_WORDS):
+        text = _SECRET_ELEMENT.sub(lambda match: f"<{match.group(1)}>{REDACTED}{match.group(2)}", text)
+    if any(word in lowered for word in _SCHEME_WORDS):
+        text = _BEARER.sub(lambda match: f"{match.group(1) or match.group(2)} {REDACTED}", text)
+    return text
+
+
+def _blank_field(match: re.Match[str]) -> str:
+    return f"{match['key']}{match['colon']}{match['open']}{REDACTED}{match['close']}"
+
+
+def redact_structure(data: object) -> object:
+    """A copy of parsed JSON (or any nest of mappings and lists) with secrets blanked.
+
+    Values under keys named like secrets (``token``, ``X-Amz-Signature``, ``Policy``,
+    ``X-Amz-Credential``...) become ``[REDACTED]``, at any depth; other values are kept
+    as they are (text is not scrubbed: see :func:`scrub_text`). Use it before quoting a
+    response into an error, a sidecar or a log line.
+    """
+    if isinstance(data, Mapping):
+        return {
+            key: REDACTED if _is_sensitive_key(key) and value not in (None, "") else redact_structure(value)
+            for key, value in data.items()
+        }
+    if isinstance(data, list):
+        return [redact_structure(item) for item in data]
+    if isinstance(data, tuple):
+        return tuple(redact_structure(item) for item in data)
+    return data
+
+
+def _is_sensitive_key(key: object) -> bool:
+    return isinstance(key, str) and _SENSITIVE_KEY.search(key.lower().replace("-", "_")) is not None
 
 
 class Redactor:
@@ -43,7 +141,8 @@ class Redactor:
 
     Three nets: keys named like secrets are blanked; every value the daemon knows to be
     secret (passwords, header values, tokens as they are issued) is cut out of any text;
-    ``Bearer ...`` and JWT-shaped strings are cut out even when not registered.
+    what :func:`scrub_text` recognises (``Bearer ...``, JWTs, quoted secret fields,
+    presigned query parameters) is cut out even when not registered.
     """
 
     def __init__(self, secrets: Iterable[str] = ()) -> None:
@@ -73,12 +172,10 @@ class Redactor:
         for secret in self._longest_first:  # longest first: a secret may contain another
             if secret in text:
                 text = text.replace(secret, REDACTED)
-        if "eyJ" in text:
-            text = _JWT.sub(REDACTED, text)
-        return _BEARER.sub(lambda match: f"{match.group(1) or match.group(2)} {REDACTED}", text)
+        return scrub_text(text)
 
     def _clean(self, key: object, value: Any) -> Any:
-        if isinstance(key, str) and _SENSITIVE_KEY.search(key.lower().replace("-", "_")):
+        if _is_sensitive_key(key):
             return REDACTED if value not in (None, "") else value
         if isinstance(value, str):
             return self.scrub(value)
@@ -167,11 +264,11 @@ def configure_logging(
         root.removeHandler(existing)
     root.addHandler(handler)
     root.setLevel(level.upper())
-    library_level = logging.DEBUG if level == "debug" else logging.WARNING
-    for name in _QUIET_LIBRARIES:
-        logging.getLogger(name).setLevel(library_level)
-    # httpcore's debug output is a line per socket operation: useless even when debugging.
-    logging.getLogger("httpcore").setLevel(logging.WARNING)
+    chatty_level = logging.DEBUG if level == "debug" else logging.WARNING
+    for name in _CHATTY_LIBRARIES:
+        logging.getLogger(name).setLevel(chatty_level)
+    for name in _SECRET_ECHOING_LIBRARIES:
+        logging.getLogger(name).setLevel(logging.WARNING)
     logging.captureWarnings(True)
 
 

@@ -4,7 +4,7 @@ Ready means: its writer closed it (or it was renamed in, which is atomic) and it
 and mtime then stayed the same for ``settle``. A file being written is never offered:
 
 - created or written to (inotify ``IN_CREATE``/``IN_MODIFY``): *writing*; wait for the
-  close, however long the writer pauses;
+  close while the writer pauses, up to ``stalled_writer_after`` (see the last rule);
 - closed after writing, renamed into the folder, or found by a scan: *settling*; offered
   once (size, mtime) held still for ``settle`` (at once when ``settle`` is 0);
 - a size or mtime that moved by the end of the settle period (``touch``, a write the
@@ -13,11 +13,15 @@ and mtime then stayed the same for ``settle``. A file being written is never off
   writing before the watch began), so it must hold still for at least
   ``SCAN_SETTLE`` even when ``settle`` is 0; a writer still at work touches it within
   that time, and inotify then parks it as *writing*;
-- a file stuck in *writing* whose (size, mtime) did not change between two scans is
-  treated as closed: the close event was lost (inotify queue overflow) or never came
-  (a hard link, a directory moved in). This is the rescan's backstop.
+- a file stuck in *writing* is treated as closed by a scan that sees the same (size,
+  mtime) as the scan before it, once neither a write event nor a scan has seen it
+  change for ``stalled_writer_after`` (an hour by default): the close event was lost
+  (inotify queue overflow) or never came (a hard link, a directory moved in). This is
+  the rescan's backstop; a writer that pauses for longer than that gets its file
+  uploaded as it stands, so the setting must exceed the longest pause of any writer.
 
-All methods run on the event loop's thread; only timers, no polling.
+All methods run on the event loop's thread; only timers, no polling. Time is the
+loop's clock (``loop.time()``).
 """
 
 from __future__ import annotations
@@ -39,11 +43,20 @@ class _Entry:
     snapshot: Snapshot | None = None
     at_least: float = 0.0  # SCAN_SETTLE when no close event vouches for the file
     seen_by_scan: Snapshot | None = None
+    last_change: float = 0.0  # loop time of the last write event or scan-seen change
     timer: asyncio.TimerHandle | None = field(default=None, repr=False)
 
 
 class ReadinessTracker:
-    """Turns file events into "ready" offers, per file, with settle timers."""
+    """Turns file events into "ready" offers, per file, with settle timers.
+
+    ``offer`` is called with a file's path once it is ready; ``stat`` gives a path's
+    (size, mtime) or None when it is gone; ``stalled_writer_after`` is how long a file
+    in *writing* must stay unchanged before a scan may settle it without a close.
+    ``failed`` hears about an exception raised in a settle timer (by ``offer`` or
+    ``stat``), where no caller is there to catch it; the file is forgotten, so the
+    next scan finds it again.
+    """
 
     def __init__(
         self,
@@ -51,11 +64,16 @@ class ReadinessTracker:
         offer: Callable[[str], None],
         stat: Callable[[str], Snapshot | None],
         loop: asyncio.AbstractEventLoop,
+        *,
+        stalled_writer_after: float,
+        failed: Callable[[str, Exception], None],
     ) -> None:
         self._settle = settle
         self._offer = offer
         self._stat = stat
         self._loop = loop
+        self._stalled_writer_after = stalled_writer_after
+        self._failed = failed
         self._entries: dict[str, _Entry] = {}
 
     def tracked(self, path: str) -> bool:
@@ -65,10 +83,11 @@ class ReadinessTracker:
         """Content is being written (created, or modified)."""
         entry = self._entries.get(path)
         if entry is None:
-            self._entries[path] = _Entry(writing=True)
+            self._entries[path] = _Entry(writing=True, last_change=self._loop.time())
             return
         self._cancel(entry)
         entry.writing = True
+        entry.last_change = self._loop.time()
 
     def created(self, path: str) -> None:
         """A creation event; duplicates of a file already settling are ignored.
@@ -110,18 +129,26 @@ class ReadinessTracker:
             self.removed(path)
 
     def scanned(self, path: str, snapshot: Snapshot) -> None:
-        """A scan found the file (start-up, periodic rescan, a directory appearing)."""
+        """A scan found the file (start-up, periodic rescan, a directory appearing).
+
+        A file in *writing* is settled only when this scan saw what the last one saw
+        and nothing changed for ``stalled_writer_after``: a writer may pause for
+        minutes mid-file, and two identical scans a minute apart do not mean it is done.
+        """
         entry = self._entries.get(path)
         if entry is None:
             entry = self._entries[path] = _Entry(writing=False, at_least=SCAN_SETTLE)
             self._start_settling(path, entry, snapshot)
             return
-        if entry.writing:
-            if entry.seen_by_scan == snapshot:
-                entry.writing = False  # no close came, and nothing changed since the last scan
-                self._start_settling(path, entry, snapshot)
-            else:
-                entry.seen_by_scan = snapshot
+        if not entry.writing:
+            return
+        now = self._loop.time()
+        if entry.seen_by_scan != snapshot:
+            entry.seen_by_scan = snapshot
+            entry.last_change = now
+        elif now - entry.last_change >= self._stalled_writer_after:
+            entry.writing = False  # no close came, and nothing changed for a long time
+            self._start_settling(path, entry, snapshot)
 
     def clear(self) -> None:
         for entry in self._entries.values():
@@ -141,6 +168,14 @@ class ReadinessTracker:
         entry.timer = self._loop.call_later(period, self._check, path)
 
     def _check(self, path: str) -> None:
+        """The settle timer: runs as a loop callback, so it must not raise."""
+        try:
+            self._settle_check(path)
+        except Exception as error:
+            self.removed(path)
+            self._failed(path, error)
+
+    def _settle_check(self, path: str) -> None:
         entry = self._entries.get(path)
         if entry is None or entry.writing:
             return

@@ -96,8 +96,8 @@ class TargetService:
         )
         scheduler.every(f"{name}:rescan", self.settings.watch.rescan_every, self.watcher.scan)
 
-    def stop_watching(self) -> None:
-        self.watcher.stop()
+    async def stop_watching(self) -> None:
+        await self.watcher.stop()
 
     async def stop(self, grace: float) -> None:
         """Stop workers (in-flight uploads get ``grace`` seconds)."""

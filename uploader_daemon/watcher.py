@@ -11,6 +11,13 @@ What is never offered: names outside ``include`` or inside ``exclude`` (checked 
 file name and on each sub-folder name), symlinks (a drop folder must not become a way to
 read other files; warned once), sub-folders unless ``recursive``, and the folders the
 daemon itself writes into.
+
+Nothing here gets stuck on one bad thing: a sub-folder that cannot be listed is warned
+about once and skipped (only an unreadable drop folder fails a scan); an event or a
+file whose handling raises (the journal's disk full) is logged and the rest go on; and
+when the watch itself dies (the drop folder removed and recreated, which ends inotify's
+watch) the next scan starts a new observer. Listing folders and stopping observers
+happen in worker threads, never on the loop; all bookkeeping stays on the loop thread.
 """
 
 from __future__ import annotations
@@ -18,10 +25,12 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import errno
 import fnmatch
 import os
 import stat
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from watchdog.events import (
@@ -56,6 +65,23 @@ _EVENTS = [
     DirDeletedEvent,
 ]
 
+# How long stopping an observer may take before we give up on its thread (a daemon thread).
+_STOP_TIMEOUT = 5.0
+
+# A sub-folder that vanished between its parent's listing and its own: moved or deleted,
+# which its own event reports; nothing to warn about.
+_GONE = (errno.ENOENT, errno.ENOTDIR)
+
+
+@dataclass
+class _Listing:
+    """What listing a folder found; built in a worker thread, read on the loop."""
+
+    files: list[tuple[str, Snapshot]] = field(default_factory=list)
+    symlinks: list[str] = field(default_factory=list)
+    unreadable: list[tuple[str, OSError]] = field(default_factory=list)  # sub-folders
+    readable: list[str] = field(default_factory=list)  # sub-folders listed this time
+
 
 class FolderWatcher:
     """Offers each ready file of one target's folder, exactly when it becomes ready."""
@@ -72,28 +98,54 @@ class FolderWatcher:
         self._offer = offer
         self._already_handled = already_handled
         self._own_folders = {str(path) for path in target.output_folders.values()}
+        # Only touched on the loop thread.
         self._warned_symlinks: set[str] = set()
+        self._warned_subfolders: set[str] = set()
         self._observer: BaseObserver | None = None
+        self._observer_lock = asyncio.Lock()  # a restart and stop() never overlap
+        self._running = False
+        self._folder_deleted = False  # the observer reported the drop folder itself gone
         self._tracker: ReadinessTracker | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._directory_scans: set[asyncio.Task[None]] = set()
         self._log = log.bind(target=target.name)
         self.events_have_close = False
-        self._pending_events: collections.deque[FileSystemEvent] = collections.deque()
+        # (observer generation, event): events of an observer since replaced are dropped.
+        self._pending_events: collections.deque[tuple[int, FileSystemEvent]] = collections.deque()
         self._drain_scheduled = False
+        self._generation = 0
 
     def start(self) -> None:
-        """Start the observer (must be called from the event loop's thread)."""
-        self._loop = asyncio.get_running_loop()
-        self._tracker = ReadinessTracker(self._target.settle, self._offer, self._snapshot, self._loop)
-        self._observer = self._start_observer()
+        """Start the observer (must be called from the event loop's thread).
 
-    def stop(self) -> None:
-        if self._observer is not None:
-            self._observer.stop()
-            self._observer.join(timeout=5)
-            self._observer = None
+        Raises OSError when neither inotify nor polling can watch the folder.
+        """
+        self._loop = asyncio.get_running_loop()
+        self._tracker = ReadinessTracker(
+            self._target.settle,
+            self._offer,
+            self._snapshot,
+            self._loop,
+            stalled_writer_after=self._target.watch.stalled_writer_after,
+            failed=self._settle_check_failed,
+        )
+        self._observer = self._start_observer()
+        self._running = True
+
+    async def stop(self) -> None:
+        """Stop watching: the observer is stopped and joined in a thread, not on the loop.
+
+        Safe to call more than once, and before :meth:`start`.
+        """
+        self._running = False
+        for task in self._directory_scans:
+            task.cancel()
         if self._tracker is not None:
             self._tracker.clear()
+        async with self._observer_lock:
+            observer, self._observer = self._observer, None
+            if observer is not None and not await asyncio.to_thread(_stop_observer, observer):
+                self._log.warning("watch_stop_timed_out", timeout=_STOP_TIMEOUT)
 
     def resettle(self, relative_path: str) -> None:
         """A queued file changed before its upload: watch it settle again."""
@@ -101,13 +153,14 @@ class FolderWatcher:
             self._tracker.scanned(relative_path, self._snapshot(relative_path) or (-1, -1))
 
     async def scan(self) -> int:
-        """List the folder (in a thread) and hand unknown files to the tracker.
+        """Restart a dead watch, list the folder (in a thread), hand unknown files to the tracker.
 
-        Returns how many files were new to the daemon. Never raises: a vanished folder
-        is logged and the next scan tries again.
+        Returns how many files were new to the daemon. Never raises: a vanished folder,
+        or a file whose handling fails, is logged and the next scan tries again.
         """
         try:
-            found = await asyncio.to_thread(self._list_files, self._folder)
+            await self._restart_observer_if_dead()
+            listing = await asyncio.to_thread(self._list_files, self._folder)
         except OSError as error:
             self._log.error(
                 "scan_failed",
@@ -116,27 +169,114 @@ class FolderWatcher:
                 hint="check that the drop folder exists and is readable",
             )
             return 0
-        return self._consider(found)
+        except Exception as error:  # a bug must not end the rescan job's promise
+            self._log.error(
+                "scan_failed", folder=self._folder, error=str(error), error_type=type(error).__name__
+            )
+            self._log.debug("scan_traceback", exc_info=error)
+            return 0
+        return self._consider(listing)
 
-    def _consider(self, found: list[tuple[str, Snapshot]]) -> int:
-        assert self._tracker is not None
+    def _consider(self, listing: _Listing) -> int:
+        """Hand a listing to the tracker; returns how many files were new. Never raises."""
+        self._report_listing(listing)
+        tracker = self._tracker
+        if tracker is None or not self._running:
+            return 0
         new = 0
-        for relative_path, snapshot in found:
-            if self._already_handled(relative_path, snapshot):
-                continue
-            if not self._tracker.tracked(relative_path):
-                new += 1
-            self._tracker.scanned(relative_path, snapshot)
-        if self._observer is not None and not self._observer.is_alive():
-            self._log.warning("watch_restarting", reason="the observer stopped")
-            self._observer = self._start_observer()
+        failed = 0
+        first_error: Exception | None = None
+        for relative_path, snapshot in listing.files:
+            try:
+                if self._already_handled(relative_path, snapshot):
+                    continue
+                if not tracker.tracked(relative_path):
+                    new += 1
+                tracker.scanned(relative_path, snapshot)
+            except Exception as error:  # one file (or a full journal disk) must not end the scan
+                failed += 1
+                first_error = first_error or error
+        if first_error is not None:
+            self._log.error(
+                "scan_files_failed",
+                files=failed,
+                error=str(first_error),
+                error_type=type(first_error).__name__,
+                hint="the next rescan tries these files again; check the state_dir's disk",
+            )
+            self._log.debug("scan_files_traceback", exc_info=first_error)
         return new
+
+    def _report_listing(self, listing: _Listing) -> None:
+        """Warn once per symlink and per unreadable sub-folder (on the loop thread)."""
+        for relative_path in listing.symlinks:
+            self._warn_symlink(relative_path)
+        for relative_dir in listing.readable:
+            self._warned_subfolders.discard(relative_dir)  # readable again: warn if it breaks again
+        for relative_dir, error in listing.unreadable:
+            if relative_dir in self._warned_subfolders:
+                continue
+            self._warned_subfolders.add(relative_dir)
+            self._log.warning(
+                "subfolder_unreadable",
+                folder=relative_dir,
+                error=error.strerror or str(error),
+                action="skipped; the rest of the drop folder is still watched",
+                hint="give the daemon's user read and search permission on it, or add it to exclude",
+            )
 
     # --- the observer ----------------------------------------------------------------
 
+    def _observer_dead(self) -> bool:
+        """The watch ended while we still want it (the observer or one of its emitters died).
+
+        inotify ends an emitter when the drop folder itself is deleted, but the
+        observer thread lives on, so ``is_alive()`` alone never notices.
+        """
+        observer = self._observer
+        if not self._running:
+            return False
+        if observer is None or self._folder_deleted or not observer.is_alive():
+            return True
+        return any(not emitter.is_alive() for emitter in list(observer.emitters))
+
+    async def _restart_observer_if_dead(self) -> None:
+        """Replace a dead observer, if the drop folder exists; raises OSError if it does not."""
+        if not self._observer_dead():
+            return
+        async with self._observer_lock:
+            if not self._observer_dead():
+                return  # a concurrent scan restarted it, or stop() ran
+            # Deleted, not yet recreated: the listing would fail too; scan_failed says so.
+            if not await asyncio.to_thread(os.path.isdir, self._folder):
+                raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), self._folder)
+            self._log.warning(
+                "watch_restarting",
+                reason="the drop folder was removed" if self._folder_deleted else "the observer stopped",
+            )
+            old, self._observer = self._observer, None
+            self._folder_deleted = False
+            try:
+                self._observer = await asyncio.to_thread(self._replace_observer, old)
+            except OSError as error:
+                # The scan still lists the folder; the next one tries the watch again.
+                self._log.error(
+                    "watch_restart_failed",
+                    folder=self._folder,
+                    error=error.strerror or str(error),
+                    hint="files are found by rescans only until the watch is back",
+                )
+
+    def _replace_observer(self, old: BaseObserver | None) -> BaseObserver:
+        """Runs in a thread: stop and join the dead observer, then start a new one."""
+        if old is not None and not _stop_observer(old):
+            raise TimeoutError(errno.ETIMEDOUT, "the old observer did not stop")
+        return self._start_observer()
+
     def _start_observer(self) -> BaseObserver:
         observer = self._make_observer()
-        handler = _Forwarder(self)
+        self._generation += 1
+        handler = _Forwarder(self, self._generation)
         try:
             observer.schedule(handler, self._folder, recursive=self._target.recursive, event_filter=_EVENTS)
             observer.start()
@@ -173,15 +313,16 @@ class FolderWatcher:
         # that would wait for a close that never comes.
         return InotifyObserver(generate_full_events=True)
 
-    def post(self, event: FileSystemEvent) -> None:
+    def post(self, event: FileSystemEvent, generation: int) -> None:
         """Called in watchdog's thread: queue the event for the loop thread.
 
         Events are batched: a burst of them costs one loop wake-up, not one each.
+        ``generation`` says which observer sent it.
         """
         loop = self._loop
         if loop is None:
             return
-        self._pending_events.append(event)
+        self._pending_events.append((generation, event))
         if self._drain_scheduled:
             return
         self._drain_scheduled = True
@@ -193,13 +334,38 @@ class FolderWatcher:
         # Clear the flag first: an event appended after this point schedules a new drain.
         self._drain_scheduled = False
         while self._pending_events:
-            self._event(self._pending_events.popleft())
+            generation, event = self._pending_events.popleft()
+            if generation != self._generation:
+                continue  # from a replaced observer: the scan after the restart covers it
+            try:
+                self._event(event)
+            except Exception as error:  # one event must not cost the rest of the batch
+                self._log.error(
+                    "watch_event_failed",
+                    event_type=event.event_type,
+                    file=self._relative(event.src_path) or os.fsdecode(event.src_path),
+                    error=str(error),
+                    error_type=type(error).__name__,
+                    hint="the next rescan finds the file again",
+                )
+                self._log.debug("watch_event_traceback", exc_info=error)
+
+    def _settle_check_failed(self, relative_path: str, error: Exception) -> None:
+        """A settle timer raised (the offer failed): the tracker forgot the file; a scan finds it."""
+        self._log.error(
+            "settle_check_failed",
+            file=relative_path,
+            error=str(error),
+            error_type=type(error).__name__,
+            hint="the next rescan offers the file again",
+        )
+        self._log.debug("settle_check_traceback", exc_info=error)
 
     def _event(self, event: FileSystemEvent) -> None:
         """Handle one watchdog event on the loop thread."""
         tracker = self._tracker
-        if tracker is None:
-            return
+        if tracker is None or not self._running:
+            return  # stopped: nothing may be offered any more
         source = self._relative(event.src_path)
         if isinstance(event, FileMovedEvent | DirMovedEvent):
             destination = self._relative(event.dest_path)
@@ -218,11 +384,15 @@ class FolderWatcher:
             return
         if isinstance(event, DirDeletedEvent):
             if source == ".":
+                # inotify's watch ended with the folder; the next scan starts a new one.
+                self._folder_deleted = True
                 self._log.error(
                     "drop_folder_removed",
                     folder=self._folder,
                     hint="recreate it; the next rescan resumes watching",
                 )
+                tracker.clear()
+                return
             tracker.removed_below(source)
         elif isinstance(event, DirCreatedEvent):
             if self._wanted_directory(source):
@@ -249,17 +419,32 @@ class FolderWatcher:
                 tracker.appeared(source)  # polling: no close will come; settle on (size, mtime)
 
     def _scan_directory(self, relative_dir: str) -> None:
+        """List a sub-folder that appeared (created or moved in), in a task of its own."""
         assert self._loop is not None
+        task = self._loop.create_task(self._scan_subfolder(relative_dir))
+        # The loop keeps only a weak reference to a task: hold it until it is done.
+        self._directory_scans.add(task)
+        task.add_done_callback(self._directory_scans.discard)
+
+    async def _scan_subfolder(self, relative_dir: str) -> None:
         directory = os.path.join(self._folder, relative_dir)
-
-        async def scan() -> None:
-            try:
-                found = await asyncio.to_thread(self._list_files, directory)
-            except OSError:
-                return
-            self._consider(found)
-
-        self._loop.create_task(scan())
+        try:
+            listing = await asyncio.to_thread(self._list_files, directory)
+        except OSError as error:
+            if error.errno in _GONE:
+                return  # gone again already: its own event says so
+            listing = _Listing(unreadable=[(relative_dir, error)])
+        except Exception as error:  # a task's exception would otherwise go unseen
+            self._log.error(
+                "subfolder_scan_failed",
+                folder=relative_dir,
+                error=str(error),
+                error_type=type(error).__name__,
+                hint="the next rescan lists it again",
+            )
+            self._log.debug("subfolder_scan_traceback", exc_info=error)
+            return
+        self._consider(listing)
 
     # --- what counts as a candidate --------------------------------------------------
 
@@ -274,25 +459,32 @@ class FolderWatcher:
         return "" if relative.startswith("..") else relative
 
     def _wanted_file(self, relative_path: str) -> bool:
+        """An event's file is a candidate (loop thread only: it warns about symlinks)."""
+        if not self._wanted_name(relative_path):
+            return False
+        if os.path.islink(os.path.join(self._folder, relative_path)):
+            self._warn_symlink(relative_path)
+            return False
+        return True
+
+    def _wanted_name(self, relative_path: str) -> bool:
+        """``include``, ``exclude`` and the parent folders; touches no state, so any thread may call it."""
         name = os.path.basename(relative_path)
         parent = os.path.dirname(relative_path)
         if parent and (not self._target.recursive or not self._wanted_directory(parent)):
             return False
-        if not _matches(name, relative_path, self._target.include):
-            return False
-        if _matches(name, relative_path, self._target.exclude):
-            return False
-        full = os.path.join(self._folder, relative_path)
-        if os.path.islink(full):
-            if relative_path not in self._warned_symlinks:
-                self._warned_symlinks.add(relative_path)
-                self._log.warning(
-                    "symlink_skipped",
-                    file=relative_path,
-                    reason="symlinks are never followed out of a drop folder",
-                )
-            return False
-        return True
+        return _matches(name, relative_path, self._target.include) and not _matches(
+            name, relative_path, self._target.exclude
+        )
+
+    def _warn_symlink(self, relative_path: str) -> None:
+        if relative_path not in self._warned_symlinks:
+            self._warned_symlinks.add(relative_path)
+            self._log.warning(
+                "symlink_skipped",
+                file=relative_path,
+                reason="symlinks are never followed out of a drop folder",
+            )
 
     def _wanted_directory(self, relative_dir: str) -> bool:
         if not self._target.recursive:
@@ -302,27 +494,47 @@ class FolderWatcher:
             return False
         return not any(_matches(part, part, self._target.exclude) for part in Path(relative_dir).parts)
 
-    def _list_files(self, directory: str) -> list[tuple[str, Snapshot]]:
-        """Files under ``directory`` that are candidates, with their (size, mtime). Runs in a thread."""
-        found: list[tuple[str, Snapshot]] = []
+    def _list_files(self, directory: str) -> _Listing:
+        """Candidate files under ``directory`` with their (size, mtime). Runs in a thread.
+
+        Raises OSError only when ``directory`` itself cannot be listed; a sub-folder
+        that cannot is recorded in the listing and skipped. Logs nothing and keeps no
+        state: the loop thread reports what the listing found.
+        """
+        listing = _Listing()
         pending = [directory]
         while pending:
             current = pending.pop()
-            with os.scandir(current) as entries:
-                for entry in entries:
-                    relative = os.path.relpath(entry.path, self._folder)
-                    try:
-                        info = entry.stat(follow_symlinks=False)
-                    except FileNotFoundError:
-                        continue
-                    # Symlinks go to _wanted_file too: it warns about them once.
-                    file_like = stat.S_ISREG(info.st_mode) or stat.S_ISLNK(info.st_mode)
-                    if stat.S_ISDIR(info.st_mode):
-                        if self._wanted_directory(relative):
-                            pending.append(entry.path)
-                    elif file_like and self._wanted_file(relative):
-                        found.append((relative, (info.st_size, info.st_mtime_ns)))
-        return found
+            try:
+                self._list_one(current, listing, pending)
+            except OSError as error:
+                if current == directory:
+                    raise
+                if error.errno not in _GONE:
+                    listing.unreadable.append((os.path.relpath(current, self._folder), error))
+            else:
+                if current != self._folder:
+                    listing.readable.append(os.path.relpath(current, self._folder))
+        return listing
+
+    def _list_one(self, directory: str, listing: _Listing, pending: list[str]) -> None:
+        """Add one folder's files to ``listing`` and its wanted sub-folders to ``pending``."""
+        with os.scandir(directory) as entries:
+            for entry in entries:
+                relative = os.path.relpath(entry.path, self._folder)
+                try:
+                    info = entry.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    continue  # deleted since the folder was read
+                if stat.S_ISDIR(info.st_mode):
+                    if self._wanted_directory(relative):
+                        pending.append(entry.path)
+                elif not self._wanted_name(relative):
+                    continue
+                elif stat.S_ISLNK(info.st_mode):
+                    listing.symlinks.append(relative)
+                elif stat.S_ISREG(info.st_mode):
+                    listing.files.append((relative, (info.st_size, info.st_mtime_ns)))
 
     def _snapshot(self, relative_path: str) -> Snapshot | None:
         try:
@@ -334,14 +546,26 @@ class FolderWatcher:
         return info.st_size, info.st_mtime_ns
 
 
+def _stop_observer(observer: BaseObserver) -> bool:
+    """Stop an observer and wait for its threads; False if they outlived the wait.
+
+    Blocking: call it in a worker thread.
+    """
+    observer.stop()
+    with contextlib.suppress(RuntimeError):  # never started
+        observer.join(_STOP_TIMEOUT)
+    return not observer.is_alive()
+
+
 class _Forwarder(FileSystemEventHandler):
     """Runs in watchdog's thread: hands every event to the loop, nothing else."""
 
-    def __init__(self, watcher: FolderWatcher) -> None:
+    def __init__(self, watcher: FolderWatcher, generation: int) -> None:
         self._watcher = watcher
+        self._generation = generation
 
     def on_any_event(self, event: FileSystemEvent) -> None:
-        self._watcher.post(event)
+        self._watcher.post(event, self._generation)
 
 
 def _matches(name: str, relative_path: str, patterns: tuple[str, ...]) -> bool:

@@ -7,9 +7,10 @@ Absence is proven without sleeping: events arrive in order, so once a file writt
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ import structlog
 
 from tests.helpers import load
 from uploader_daemon.config import TargetSettings
+from uploader_daemon.readiness import Snapshot
 from uploader_daemon.watcher import FolderWatcher
 
 TIMEOUT = 10.0
@@ -49,14 +51,22 @@ def target(folders: dict[str, Path], **overrides: str) -> TargetSettings:
 
 
 class Offers:
-    """Records offers and lets the test await a particular one."""
+    """Records offers and lets the test await a particular one.
 
-    def __init__(self) -> None:
+    An offer of a path in ``failing`` raises once (as a full journal disk would) and is
+    not recorded; the next offer of that path succeeds.
+    """
+
+    def __init__(self, failing: Collection[str] = ()) -> None:
         self.paths: list[str] = []
         self.times: dict[str, float] = {}
+        self.failing = set(failing)
         self._changed = asyncio.Event()
 
     def __call__(self, path: str) -> None:
+        if path in self.failing:
+            self.failing.discard(path)
+            raise OSError(errno.ENOSPC, "No space left on device")
         self.paths.append(path)
         self.times[path] = time.monotonic()
         self._changed.set()
@@ -70,20 +80,30 @@ class Offers:
         await asyncio.wait_for(wait(), TIMEOUT)
 
 
-def run(settings: TargetSettings, scenario: Callable[[FolderWatcher, Offers], Awaitable[None]]) -> Offers:
-    offers = Offers()
+def never_handled(path: str, snapshot: Snapshot) -> bool:
+    return False
 
-    async def main() -> None:
-        watcher = FolderWatcher(settings, offer=offers, already_handled=lambda path, snapshot: False)
+
+def run(
+    settings: TargetSettings,
+    scenario: Callable[[FolderWatcher, Offers], Awaitable[None]],
+    failing: Collection[str] = (),
+    already_handled: Callable[[str, Snapshot], bool] = never_handled,
+) -> Offers:
+    """Start a watcher, scan once, run ``scenario``, stop; returns what was offered."""
+
+    async def main() -> Offers:
+        offers = Offers(failing)
+        watcher = FolderWatcher(settings, offer=offers, already_handled=already_handled)
         watcher.start()
         try:
             await watcher.scan()
             await scenario(watcher, offers)
         finally:
-            watcher.stop()
+            await watcher.stop()
+        return offers
 
-    asyncio.run(main())
-    return offers
+    return asyncio.run(main())
 
 
 def test_closed_file_is_picked_up_within_milliseconds(folders: dict[str, Path]) -> None:
@@ -100,7 +120,7 @@ def test_closed_file_is_picked_up_within_milliseconds(folders: dict[str, Path]) 
 
 
 def test_half_written_file_waits_for_its_writer(folders: dict[str, Path]) -> None:
-    """A file still open for writing is not offered, however long the writer pauses."""
+    """A file still open for writing is not offered while its writer pauses."""
 
     async def scenario(watcher: FolderWatcher, offers: Offers) -> None:
         with (folders["drop"] / "big.bin").open("wb") as writer:

@@ -250,3 +250,18 @@ def test_a_move_half_done_by_a_crash_is_finished_not_duplicated(drop: Path, tmp_
     assert destination == tmp_path / "sent" / "a.csv"
     assert not source.exists()
     assert names(tmp_path / "sent") == ["a.csv"]
+
+
+def test_a_sidecar_that_cannot_be_written_is_reported_with_where_the_file_went(
+    drop: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The move happened; the error says so, with the new path, instead of claiming it stayed."""
+
+    def refuse(path: Path, text: str) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(file_moves, "write_atomically", refuse)
+    with pytest.raises(file_moves.SidecarError) as caught:
+        fail(dropped(drop, "a.csv"), tmp_path / "failed", "a.csv", {"error": "x"})
+    assert tmp_path / "failed" / "a.csv" == caught.value.destination
+    assert caught.value.destination.exists()

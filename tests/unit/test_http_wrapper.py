@@ -144,6 +144,30 @@ def test_an_excerpt_is_one_line_and_cut_at_the_limit() -> None:
     assert "<html> <body> 502 Bad Gateway</body> </h..." == text
 
 
+def test_an_excerpt_cuts_the_credentials_a_body_quotes_before_shortening() -> None:
+    """Echoed tokens, presigned signatures and Bearer headers never reach an error or a sidecar."""
+    body = (
+        b'{"error": "denied", "token": "t-0123456789", "upload": "https://s3.test/k?X-Amz-Date=2030'
+        b'&X-Amz-Signature=0f1e2d3c", "echo": "Authorization: Bearer abcdefgh123", '
+        b'"refresh_token": "r-9876543210"}'
+    )
+    text = excerpt(answer(403, body), limit=200)
+    for secret in ("t-0123456789", "0f1e2d3c", "abcdefgh123", "r-9876543210", "r-98"):
+        assert secret not in text
+    assert text.startswith(
+        '{"error": "denied", "token": "[REDACTED]", "upload": "https://s3.test/k?X-Amz-Date=2030&'
+    )
+
+
+def test_a_refused_request_quoting_a_presigned_url_keeps_its_signature_out_of_the_error() -> None:
+    """check_status's body excerpt is scrubbed like every other."""
+    body = b"<Error><Code>AccessDenied</Code><SignatureProvided>0f1e2d3c</SignatureProvided></Error>"
+    with pytest.raises(PermanentDeliveryError) as caught:
+        check_status(answer(403, body), "store", credentialed=False)
+    assert "0f1e2d3c" not in (caught.value.body_excerpt or "")
+    assert "<Code>AccessDenied</Code>" in (caught.value.body_excerpt or "")
+
+
 def test_an_excerpt_of_an_unread_stream_is_empty() -> None:
     """A streamed body not yet read gives an empty excerpt instead of an error."""
 

@@ -11,7 +11,14 @@ from typing import Any
 
 import pytest
 
-from uploader_daemon.logs import REDACTED, Redactor, configure_logging, get_logger
+from uploader_daemon.logs import (
+    REDACTED,
+    Redactor,
+    configure_logging,
+    get_logger,
+    redact_structure,
+    scrub_text,
+)
 
 SECRET = "hunter2-Very-Secret"
 JWT = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ1cGxvYWRlciJ9.c2lnbmF0dXJlLXBhcnQ"
@@ -73,17 +80,40 @@ def test_library_warnings_go_through_the_same_chain_with_their_logger_name() -> 
 
 
 def test_library_info_lines_are_silenced_unless_debugging() -> None:
-    """A line per HTTP request or scheduler tick is noise at info, useful at debug."""
+    """A line per scheduler tick or file event is noise at info, useful at debug."""
     stream = configured("info")
-    logging.getLogger("httpx").info("HTTP Request: POST https://api.example.com/api/envio")
     logging.getLogger("apscheduler").info("Running job")
+    logging.getLogger("watchdog.observers").debug("inotify event")
     assert stream.getvalue() == ""
 
     stream = configured("debug")
-    logging.getLogger("httpx").info("HTTP Request: POST https://api.example.com/api/envio")
     logging.getLogger("apscheduler").info("Running job")
-    logging.getLogger("httpcore").debug("send_request_headers.started")
-    assert [line["logger"] for line in json_lines(stream)] == ["httpx", "apscheduler"]
+    logging.getLogger("watchdog.observers").debug("inotify event")
+    assert [line["logger"] for line in json_lines(stream)] == ["apscheduler", "watchdog.observers"]
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("httpx", 'HTTP Request: GET https://b.s3.test/k?X-Amz-Signature=0123abcd "HTTP/1.1 200 OK"'),
+        ("httpcore.http11", "send_request_headers.started"),
+        ("botocore.parsers", 'Response body: b\'{"AuthenticationResult": {"RefreshToken": "947a2c61"}}\''),
+        ("boto3.resources", "Calling cognito-idp:initiate_auth"),
+        ("urllib3.connectionpool", 'http://127.0.0.1:5000 "POST / HTTP/1.1" 200 4011'),
+    ],
+)
+def test_libraries_that_echo_urls_and_bodies_stay_at_warning_even_when_debugging(
+    name: str, message: str
+) -> None:
+    """Their debug lines print secrets the redactor may not know yet; their warnings still show."""
+    stream = configured("debug")
+    library = logging.getLogger(name)
+    library.debug(message)
+    library.info(message)
+    library.warning("connection pool is full")
+    assert [(name, "connection pool is full")] == [
+        (line["logger"], line["event"]) for line in json_lines(stream)
+    ]
 
 
 def test_events_below_the_configured_level_are_dropped() -> None:
@@ -315,6 +345,168 @@ def test_every_level_is_redacted() -> None:
     log = get_logger("uploader_daemon.x")
     for method in (log.debug, log.info, log.warning, log.error, log.critical):
         method("event", note=f"has {SECRET}")
-    logging.getLogger("httpx").debug("request with %s", SECRET)
+    logging.getLogger("apscheduler").debug("job with %s", SECRET)
     assert len(json_lines(stream)) == 6
     assert SECRET not in stream.getvalue()
+
+
+# --- text-level rules: quoted secret fields, secret query parameters ------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            'Response body: b\'{"AuthenticationResult": {"AccessToken": "a-1", "ExpiresIn": 3600, '
+            '"IdToken": "i-2", "RefreshToken": "947a2c61-aa", "TokenType": "Bearer"}}\'',
+            f'Response body: b\'{{"AuthenticationResult": {{"AccessToken": "{REDACTED}", "ExpiresIn": 3600, '
+            f'"IdToken": "{REDACTED}", "RefreshToken": "{REDACTED}", "TokenType": "Bearer"}}}}\'',
+        ),
+        (
+            '{"access_token":"a-1","refresh_token":"r-2","id_token":"i-3","token_type":"bearer"}',
+            f'{{"access_token":"{REDACTED}","refresh_token":"{REDACTED}","id_token":"{REDACTED}",'
+            '"token_type":"bearer"}',
+        ),
+        ('{"token": "t-1", "user": "bob"}', f'{{"token": "{REDACTED}", "user": "bob"}}'),
+        ('{"password": "hun\\"ter2", "user": "bob"}', f'{{"password": "{REDACTED}", "user": "bob"}}'),
+        ('{"client_secret": "cs-1"}', f'{{"client_secret": "{REDACTED}"}}'),
+        (
+            "{'password': 'pw-1', 'client_secret': 'cs-1'}",
+            f"{{'password': '{REDACTED}', 'client_secret': '{REDACTED}'}}",
+        ),
+        (
+            "{'RefreshToken': 'r-1', 'ExpiresIn': 3600}",
+            f"{{'RefreshToken': '{REDACTED}', 'ExpiresIn': 3600}}",
+        ),
+        ('error: "{\\"token\\": \\"t-1\\"}"', f'error: "{{\\"token\\": \\"{REDACTED}\\"}}"'),
+        (
+            '{"x-amz-signature": "abcd", "policy": "eyJleHA", "key": "video/a.mp4"}',
+            f'{{"x-amz-signature": "{REDACTED}", "policy": "{REDACTED}", "key": "video/a.mp4"}}',
+        ),
+        (
+            '{"user": "bob", "refresh_token": "cut-short-by-an-exc',
+            f'{{"user": "bob", "refresh_token": "{REDACTED}',
+        ),
+    ],
+)
+def test_secret_fields_quoted_in_json_or_a_python_repr_lose_their_values(text: str, expected: str) -> None:
+    """A response body a library prints keeps its keys; the token and password values go."""
+    assert expected == Redactor().scrub(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "HTTP Request: GET https://b.s3.test/k?X-Amz-Algorithm=AWS4-HMAC-SHA256"
+            "&X-Amz-Credential=AKIA%2F20240101%2Fus-east-1%2Fs3%2Faws4_request&X-Amz-Date=20240101T000000Z"
+            '&X-Amz-Expires=300&X-Amz-Security-Token=FwoGZX&X-Amz-Signature=0123abcd "HTTP/1.1 200 OK"',
+            "HTTP Request: GET https://b.s3.test/k?X-Amz-Algorithm=AWS4-HMAC-SHA256"
+            f"&X-Amz-Credential={REDACTED}&X-Amz-Date=20240101T000000Z"
+            f"&X-Amz-Expires=300&X-Amz-Security-Token={REDACTED}"
+            f'&X-Amz-Signature={REDACTED} "HTTP/1.1 200 OK"',
+        ),
+        (
+            "https://s3.test/b/k?AWSAccessKeyId=AKIA1&Expires=1700000000&Signature=zz%2Bq",
+            f"https://s3.test/b/k?AWSAccessKeyId={REDACTED}&Expires=1700000000&Signature={REDACTED}",
+        ),
+        (
+            "https://cdn.test/v.mp4?Policy=eyJTdGF0&Signature=abc~def&Key-Pair-Id=K1",
+            f"https://cdn.test/v.mp4?Policy={REDACTED}&Signature={REDACTED}&Key-Pair-Id=K1",
+        ),
+        ("https://a.test/f?policy=p-1&x=1", f"https://a.test/f?policy={REDACTED}&x=1"),
+        (
+            "https://blob.test/c/f?sv=2020-08-04&sig=AbC%3D&token=t-1#part",
+            f"https://blob.test/c/f?sv=2020-08-04&sig={REDACTED}&token={REDACTED}#part",
+        ),
+        ("'https://a.test/cb?access_token=at-1'", f"'https://a.test/cb?access_token={REDACTED}'"),
+    ],
+)
+def test_secret_query_parameters_in_urls_lose_their_values(text: str, expected: str) -> None:
+    """Presigned URLs keep their host, path and harmless parameters; signatures and tokens go."""
+    assert expected == Redactor().scrub(text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "upload_finished",
+        "/srv/drop/reports/2024-01-01.csv",
+        "step create: the server answered 503 Service Unavailable",
+        "the token expired; refresh it with refresh_token_auth",
+        '{"token_type": "Bearer", "expires_in": 3600, "password_field": "pw"}',
+        "{'tokens_refreshed': 2, 'token_expires_at': '2024-01-01'}",
+        "https://api.test/v1/items?page=2&user_token_hint=none&signature_version=4",
+        "config=/etc/uploader.yaml retry=3 design=final",
+        'https://s3.test/b/k?X-Amz-Date=20240101T000000Z&X-Amz-Expires=300 "HTTP/1.1 200 OK"',
+    ],
+)
+def test_harmless_text_about_tokens_and_urls_survives_the_text_rules(text: str) -> None:
+    """Field names, expiry times and ordinary query parameters are what an admin needs to see."""
+    assert text == Redactor().scrub(text)
+
+
+def test_scrub_text_applies_the_rules_without_any_registered_secret() -> None:
+    """For error messages built from response text, where no Redactor is at hand."""
+    text = f'answered 400: {{"token": "t-1"}} Authorization: Bearer abcdefgh {JWT} https://s/k?X-Amz-Signature=ab'
+    expected = (
+        f'answered 400: {{"token": "{REDACTED}"}} Authorization: Bearer {REDACTED} {REDACTED} '
+        f"https://s/k?X-Amz-Signature={REDACTED}"
+    )
+    assert expected == scrub_text(text)
+
+
+def test_a_library_debug_line_quoting_a_token_response_is_redacted_if_it_gets_through() -> None:
+    """A library not on the quiet list that prints Cognito's answer still loses the tokens."""
+    stream = configured("debug")
+    logging.getLogger("pycognito").debug('answer: {"RefreshToken": "947a2c61-1234", "IdToken": "i-1"}')
+    (line,) = json_lines(stream)
+    assert f'answer: {{"RefreshToken": "{REDACTED}", "IdToken": "{REDACTED}"}}' == line["event"]
+    assert "947a2c61-1234" not in stream.getvalue()
+
+
+# --- redact_structure ------------------------------------------------------------------
+
+
+def test_redact_structure_blanks_presigned_fields_and_tokens_at_any_depth() -> None:
+    """A presigned grant keeps its URL, object key and dates; signature, policy and credential go."""
+    grant = {
+        "url": "https://bucket.s3.test/",
+        "fields": {
+            "key": "video/a.mp4",
+            "x-amz-algorithm": "AWS4-HMAC-SHA256",
+            "x-amz-credential": "AKIA/20240101/us-east-1/s3/aws4_request",
+            "x-amz-date": "20240101T000000Z",
+            "x-amz-security-token": "FwoG",
+            "policy": "eyJleHBpcmF0aW9uIjo",
+            "x-amz-signature": "0123abcd",
+        },
+        "sigv2": [{"AWSAccessKeyId": "AKIA", "Signature": "zz", "Policy": "eyJ"}],
+        "session": {"RefreshToken": "r-1", "AccessToken": "a-1", "expires_in": 300},
+        "absent": {"token": None, "password": ""},
+    }
+    assert {
+        "url": "https://bucket.s3.test/",
+        "fields": {
+            "key": "video/a.mp4",
+            "x-amz-algorithm": "AWS4-HMAC-SHA256",
+            "x-amz-credential": REDACTED,
+            "x-amz-date": "20240101T000000Z",
+            "x-amz-security-token": REDACTED,
+            "policy": REDACTED,
+            "x-amz-signature": REDACTED,
+        },
+        "sigv2": [{"AWSAccessKeyId": REDACTED, "Signature": REDACTED, "Policy": REDACTED}],
+        "session": {"RefreshToken": REDACTED, "AccessToken": REDACTED, "expires_in": 300},
+        "absent": {"token": None, "password": ""},
+    } == redact_structure(grant)
+
+
+def test_redact_structure_leaves_scalars_and_the_original_alone() -> None:
+    """Plain values come back as they are, and the caller's data is not modified."""
+    original = {"token": "t-1", "items": [1, "two", None]}
+    assert {"token": REDACTED, "items": [1, "two", None]} == redact_structure(original)
+    assert {"token": "t-1", "items": [1, "two", None]} == original
+    assert "text" == redact_structure("text")
+    assert 3 == redact_structure(3)
+    assert ("a", {"policy": REDACTED}) == redact_structure(("a", {"policy": "p"}))

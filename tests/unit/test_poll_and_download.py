@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import gzip
+import os
 import ssl
+import threading
 from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import httpx
 import pytest
 import respx
 
+from uploader_daemon import file_moves
 from uploader_daemon.activity import ApiActivity
 from uploader_daemon.auth.base import StaticCredential
 from uploader_daemon.config.upload import (
@@ -22,6 +26,7 @@ from uploader_daemon.config.upload import (
     PresignedStatusUpload,
     Step,
 )
+from uploader_daemon.delivery import steps
 from uploader_daemon.delivery.facts import FileFacts
 from uploader_daemon.delivery.steps import StepContext, run_step
 from uploader_daemon.errors import (
@@ -30,6 +35,7 @@ from uploader_daemon.errors import (
     PollDeadlineError,
     TransientDeliveryError,
 )
+from uploader_daemon.logs import REDACTED
 
 API = "https://convert.example.test"
 ORIGIN = ("https", "convert.example.test", None)
@@ -60,21 +66,27 @@ def run(
     transport: httpx.AsyncBaseTransport | None = None,
 ) -> dict[str, object]:
     """Run one step; respx routes (or ``transport``) answer."""
+    return asyncio.run(run_async(step, facts, outputs, transport))
 
-    async def go() -> dict[str, object]:
-        async with httpx.AsyncClient(verify=tls(), transport=transport) as client:
-            context = StepContext(
-                client=client,
-                base_url=API,
-                origin=ORIGIN,
-                credential=StaticCredential(TOKEN_HEADERS),
-                activity=ApiActivity(FakeClock()),
-                file=facts,
-                values={"file": facts.template_values(), "target": {"name": "video"}, **(outputs or {})},
-            )
-            return await run_step(step, context)
 
-    return asyncio.run(go())
+async def run_async(
+    step: Step,
+    facts: FileFacts,
+    outputs: Mapping[str, object] | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> dict[str, object]:
+    """:func:`run` on the caller's event loop."""
+    async with httpx.AsyncClient(verify=tls(), transport=transport) as client:
+        context = StepContext(
+            client=client,
+            base_url=API,
+            origin=ORIGIN,
+            credential=StaticCredential(TOKEN_HEADERS),
+            activity=ApiActivity(FakeClock()),
+            file=facts,
+            values={"file": facts.template_values(), "target": {"name": "video"}, **(outputs or {})},
+        )
+        return await run_step(step, context)
 
 
 def poll_step(**settings: Any) -> PollStep:
@@ -141,6 +153,41 @@ def test_a_failure_value_is_permanent_and_carries_the_servers_details(tmp_path: 
     assert "virus found" == caught.value.details
     assert "step status: the server reported 'error'" == str(caught.value)
     assert "virus found" in (caught.value.body_excerpt or "")
+
+
+def test_a_reported_failure_quotes_the_answer_and_details_without_presigned_credentials(
+    tmp_path: Path,
+) -> None:
+    """Details carrying a presigned grant reach the sidecar with signature, policy and credential blanked."""
+    grant = {
+        "url": "https://bucket.s3.test/",
+        "fields": {
+            "key": "in/clip.mov",
+            "x-amz-credential": "AKIAEX/2030",
+            "policy": "eyJwb2xp",
+            "x-amz-signature": "0f1e2d",
+        },
+    }
+    with respx.mock() as router:
+        router.get(f"{API}/consult-status").respond(
+            200, json={"status": "error", "details": {"retry_with": grant}}
+        )
+        with pytest.raises(PermanentDeliveryError) as caught:
+            run(poll_step(), payload_file(tmp_path), UPLOAD)
+    assert {
+        "retry_with": {
+            "url": "https://bucket.s3.test/",
+            "fields": {
+                "key": "in/clip.mov",
+                "x-amz-credential": REDACTED,
+                "policy": REDACTED,
+                "x-amz-signature": REDACTED,
+            },
+        }
+    } == caught.value.details
+    quoted = caught.value.body_excerpt or ""
+    assert [] == [secret for secret in ("AKIAEX/2030", "eyJwb2xp", "0f1e2d") if secret in quoted]
+    assert '"key":"in/clip.mov"' in quoted
 
 
 def test_the_conversion_preset_fails_on_failure_with_the_result_as_details(tmp_path: Path) -> None:
@@ -418,6 +465,151 @@ def test_a_body_shorter_than_its_content_length_is_transient_and_leaves_nothing(
         with pytest.raises(TransientDeliveryError) as caught:
             run(download_step(out), payload_file(tmp_path), SUBMIT)
     assert "step result: the download stopped after 9 of 100 bytes" == str(caught.value)
+    assert [] == list(out.iterdir())
+
+
+def test_a_gzip_encoded_download_is_saved_decoded_and_judged_by_its_encoded_length(tmp_path: Path) -> None:
+    """Content-Length counts the gzip bytes on the wire; the file holds the decoded content."""
+    out = tmp_path / "out"
+    content = b"frame " * 20_000
+    encoded = gzip.compress(content)
+    with respx.mock() as router:
+        route = router.get(f"{API}/api/download").respond(
+            200,
+            content=encoded,
+            headers={"Content-Encoding": "gzip", "Content-Disposition": "attachment; filename=r.mp4"},
+        )
+        saved = run(download_step(out), payload_file(tmp_path), SUBMIT)
+    assert str(len(encoded)) == route.calls.last.response.headers["Content-Length"]
+    assert "r.mp4" == saved["filename"]
+    assert content == (out / "r.mp4").read_bytes()
+    assert ["r.mp4"] == [path.name for path in out.iterdir()]
+
+
+def test_a_gzip_encoded_download_cut_short_is_transient_counting_encoded_bytes(tmp_path: Path) -> None:
+    """A gzip body shorter than its Content-Length is still caught, in bytes on the wire."""
+    out = tmp_path / "out"
+    encoded = gzip.compress(b"frame " * 20_000)
+    response = httpx.Response(
+        200,
+        stream=PeekingStream([encoded], lambda: None),
+        headers={"Content-Encoding": "gzip", "Content-Length": str(len(encoded) + 50)},
+    )
+    with pytest.raises(TransientDeliveryError) as caught:
+        run(download_step(out), payload_file(tmp_path), SUBMIT, transport=OneResponse(response))
+    assert f"step result: the download stopped after {len(encoded)} of {len(encoded) + 50} bytes" == str(
+        caught.value
+    )
+    assert [] == list(out.iterdir())
+
+
+class LoopWitness:
+    """Wraps blocking calls so each one checks the event loop still runs while it works.
+
+    A call made on the loop's own thread would wait for a loop that cannot turn: it
+    records ``False`` after the deadline instead of hanging the test (and later calls
+    do not wait again).
+    """
+
+    def __init__(self) -> None:
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.calls: list[tuple[str, bool]] = []
+
+    def wrap(self, name: str, function: Callable[..., Any]) -> Callable[..., Any]:
+        def witnessed(*args: Any, **kwargs: Any) -> Any:
+            assert self.loop is not None
+            answered = threading.Event()
+            self.loop.call_soon_threadsafe(answered.set)
+            blocked_before = any(not ran for _, ran in self.calls)
+            self.calls.append((name, not blocked_before and answered.wait(2.0)))
+            return function(*args, **kwargs)
+
+        return witnessed
+
+
+class WitnessedFile:
+    """A ``.part`` file whose writes are witnessed."""
+
+    def __init__(self, handle: BinaryIO, witness: LoopWitness) -> None:
+        self._handle = handle
+        self.write = witness.wrap("write", handle.write)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._handle, name)
+
+    def __enter__(self) -> WitnessedFile:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._handle.close()
+
+
+def test_the_download_is_written_synced_and_moved_off_the_event_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Flow C results are gigabytes: other deliveries keep running while one is saved."""
+    out = tmp_path / "out"
+    witness = LoopWitness()
+    real_open = Path.open
+
+    def open_part(path: Path, *args: Any, **kwargs: Any) -> Any:
+        handle = real_open(path, *args, **kwargs)
+        return WitnessedFile(handle, witness) if path.name.endswith(".part") else handle
+
+    monkeypatch.setattr(Path, "open", open_part)
+    monkeypatch.setattr(os, "fsync", witness.wrap("fsync", os.fsync))
+    monkeypatch.setattr(steps, "place", witness.wrap("place", file_moves.place))
+    content = os.urandom(3 * 1024 * 1024 + 5)
+
+    async def go() -> dict[str, object]:
+        witness.loop = asyncio.get_running_loop()
+        with respx.mock() as router:
+            router.get(f"{API}/api/download").respond(
+                200, content=content, headers={"Content-Disposition": "attachment; filename=big.mp4"}
+            )
+            return await run_async(download_step(out), payload_file(tmp_path), SUBMIT)
+
+    saved = asyncio.run(go())
+    assert "big.mp4" == saved["filename"]
+    assert content == (out / "big.mp4").read_bytes()
+    names = [name for name, _ in witness.calls]
+    assert [] == [name for name, ran in witness.calls if not ran]
+    assert ["fsync", "place"] == names[-2:]
+    assert 1 <= names.count("write") <= 4  # MiB-sized chunks: few thread hops
+
+
+def test_a_cancelled_download_leaves_no_part_file(tmp_path: Path) -> None:
+    """Shutdown cancels a delivery mid-download: the half-written ``.part`` is removed."""
+    out = tmp_path / "out"
+
+    class StalledStream(httpx.AsyncByteStream):
+        def __init__(self) -> None:
+            self.started = asyncio.Event()
+
+        async def __aiter__(self) -> AsyncIterator[bytes]:
+            yield b"first chunk"
+            self.started.set()
+            await asyncio.Event().wait()  # the rest never comes
+            yield b"never"
+
+    async def go() -> list[str]:
+        stream = StalledStream()
+        response = httpx.Response(
+            200, stream=stream, headers={"Content-Disposition": "attachment; filename=r.mp4"}
+        )
+        task = asyncio.create_task(
+            run_async(download_step(out), payload_file(tmp_path), SUBMIT, OneResponse(response))
+        )
+        await asyncio.wait_for(stream.started.wait(), 5)
+        during = sorted(path.name for path in out.iterdir())
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return during
+
+    during = asyncio.run(go())
+    assert 1 == len(during)
+    assert during[0].endswith(".part")
     assert [] == list(out.iterdir())
 
 

@@ -14,14 +14,19 @@ import pytest
 from uploader_daemon.readiness import SCAN_SETTLE, ReadinessTracker, Snapshot
 
 SETTLE = 2.0
+STALLED = 3600.0  # watch.stalled_writer_after's default
+RESCAN = 60.0  # watch.rescan_every's default
 
 
 class FakeTimers:
-    """The part of an event loop the tracker uses (``call_later``), with manual time."""
+    """The part of an event loop the tracker uses (``call_later``, ``time``), with manual time."""
 
     def __init__(self) -> None:
         self.now = 0.0
         self._pending: list[tuple[float, Callable[..., object], tuple[Any, ...], FakeHandle]] = []
+
+    def time(self) -> float:
+        return self.now
 
     def call_later(self, delay: float, callback: Callable[..., object], *args: Any) -> FakeHandle:
         handle = FakeHandle()
@@ -84,9 +89,26 @@ def offered() -> list[str]:
 
 
 def make_tracker(
-    timers: FakeTimers, folder: Folder, offered: list[str], settle: float = SETTLE
+    timers: FakeTimers,
+    folder: Folder,
+    offered: list[str],
+    settle: float = SETTLE,
+    failures: list[tuple[str, Exception]] | None = None,
+    offer: Callable[[str], None] | None = None,
 ) -> ReadinessTracker:
-    return ReadinessTracker(settle, offered.append, folder.stat, cast(asyncio.AbstractEventLoop, timers))
+    def failed(path: str, error: Exception) -> None:
+        if failures is None:
+            raise AssertionError(f"unexpected failure for {path}: {error!r}")
+        failures.append((path, error))
+
+    return ReadinessTracker(
+        settle,
+        offer or offered.append,
+        folder.stat,
+        cast(asyncio.AbstractEventLoop, timers),
+        stalled_writer_after=STALLED,
+        failed=failed,
+    )
 
 
 def test_closed_file_is_offered_after_the_settle_period(
@@ -206,19 +228,88 @@ def test_scan_of_an_unknown_file_settles_it(timers: FakeTimers, folder: Folder, 
     assert ["old.csv"] == offered
 
 
-def test_missed_close_is_recovered_by_two_identical_scans(
+def rescan_until(
+    timers: FakeTimers, tracker: ReadinessTracker, folder: Folder, path: str, until: float
+) -> None:
+    """Rescan every RESCAN seconds, as the scheduler does, until ``until`` on the fake clock."""
+    while timers.now + RESCAN <= until:
+        timers.advance(RESCAN)
+        snapshot = folder.stat(path)
+        assert snapshot is not None
+        tracker.scanned(path, snapshot)
+
+
+def test_missed_close_is_recovered_once_the_file_was_unchanged_for_stalled_writer_after(
     timers: FakeTimers, folder: Folder, offered: list[str]
 ) -> None:
-    """A file stuck "open" whose size and mtime did not move between two rescans is settled."""
+    """A file stuck "open" and unchanged for `stalled_writer_after` is settled by a rescan."""
     tracker = make_tracker(timers, folder, offered)
     folder.write("a.csv", 10, 1)
     tracker.written("a.csv")
     tracker.scanned("a.csv", (10, 1))
-    timers.advance(60)
+    rescan_until(timers, tracker, folder, "a.csv", STALLED - RESCAN)
+    timers.advance(SETTLE)
     assert [] == offered
-    tracker.scanned("a.csv", (10, 1))
+    rescan_until(timers, tracker, folder, "a.csv", STALLED + RESCAN)
     timers.advance(SETTLE)
     assert ["a.csv"] == offered
+
+
+def test_writer_pausing_between_two_rescans_is_not_cut_off(
+    timers: FakeTimers, folder: Folder, offered: list[str]
+) -> None:
+    """Two identical rescans a minute apart do not end a writer's 90 s pause mid-file."""
+    tracker = make_tracker(timers, folder, offered)
+    folder.write("big.bin", 100, 1)
+    tracker.created("big.bin")
+    tracker.written("big.bin")
+    tracker.scanned("big.bin", (100, 1))
+    timers.advance(RESCAN)
+    tracker.scanned("big.bin", (100, 1))
+    timers.advance(30 + SETTLE)
+    assert [] == offered
+    folder.write("big.bin", 200, 2)
+    tracker.written("big.bin")
+    tracker.closed("big.bin")
+    timers.advance(SETTLE)
+    assert ["big.bin"] == offered
+
+
+def test_a_write_event_restarts_the_stalled_writer_clock(
+    timers: FakeTimers, folder: Folder, offered: list[str]
+) -> None:
+    """A write seen by inotify, even one the scans cannot tell apart, keeps the file waiting."""
+    tracker = make_tracker(timers, folder, offered)
+    folder.write("slow.bin", 100, 1)
+    tracker.written("slow.bin")
+    tracker.scanned("slow.bin", (100, 1))
+    rescan_until(timers, tracker, folder, "slow.bin", STALLED / 2)
+    tracker.written("slow.bin")  # same size and mtime (coarse mtime), but a write all the same
+    rescan_until(timers, tracker, folder, "slow.bin", STALLED + RESCAN)
+    timers.advance(SETTLE)
+    assert [] == offered
+    rescan_until(timers, tracker, folder, "slow.bin", STALLED * 1.5 + RESCAN)
+    timers.advance(SETTLE)
+    assert ["slow.bin"] == offered
+
+
+def test_a_failing_offer_in_a_settle_timer_is_reported_and_the_file_forgotten(
+    timers: FakeTimers, folder: Folder, offered: list[str]
+) -> None:
+    """An offer raising in a settle timer goes to `failed`, not the loop; a scan finds the file again."""
+    failures: list[tuple[str, Exception]] = []
+
+    def full_disk(path: str) -> None:
+        raise OSError(28, "No space left on device")
+
+    tracker = make_tracker(timers, folder, offered, failures=failures, offer=full_disk)
+    folder.write("a.csv", 10, 1)
+    tracker.closed("a.csv")
+    timers.advance(SETTLE)
+    assert [("a.csv", "[Errno 28] No space left on device")] == [
+        (path, str(error)) for path, error in failures
+    ]
+    assert not tracker.tracked("a.csv")
 
 
 def test_open_file_still_growing_between_scans_keeps_waiting(

@@ -175,6 +175,54 @@ def test_a_grant_without_fields_is_a_bad_response_naming_fields(
     assert f"step create: {expected}" == str(caught.value)
 
 
+PRESIGNED_GRANT = {
+    "url": "https://bucket.s3.example.test/",
+    "fields": {
+        "key": "documents/1/report.pdf",
+        "x-amz-algorithm": "AWS4-HMAC-SHA256",
+        "x-amz-credential": "AKIAEXAMPLE/20300101/us-east-1/s3/aws4_request",
+        "x-amz-date": "20300101T000000Z",
+        "x-amz-security-token": "FwoGZXIvYXdzEJr",
+        "policy": "eyJleHBpcmF0aW9uIjoiMjAzMC0wMS0wMSJ9",
+        "x-amz-signature": "0f1e2d3c4b5a69788796a5b4c3d2e1f0",
+    },
+}
+PRESIGNED_SECRETS = (
+    "AKIAEXAMPLE",
+    "FwoGZXIvYXdzEJr",
+    "eyJleHBpcmF0aW9uIjoiMjAzMC0wMS0wMSJ9",
+    "0f1e2d3c4b5a69788796a5b4c3d2e1f0",
+)
+
+
+def test_a_missing_value_quotes_the_response_without_its_presigned_credentials(tmp_path: Path) -> None:
+    """The excerpt that reaches the sidecar keeps the field names but not signature, policy or credential."""
+    with respx.mock() as router:
+        router.post(f"{API}/documents").respond(200, json={"upload": PRESIGNED_GRANT})
+        with pytest.raises(BadResponseError) as caught:
+            run(request_step(save={"id": "id"}), payload_file(tmp_path))
+    quoted = caught.value.body_excerpt or ""
+    assert [] == [secret for secret in PRESIGNED_SECRETS if secret in quoted]
+    assert '"x-amz-signature":"[REDACTED]"' in quoted
+    assert '"key":"documents/1/report.pdf"' in quoted
+
+
+def test_a_body_that_is_not_json_is_quoted_without_the_credentials_it_echoes(tmp_path: Path) -> None:
+    """The error message and the excerpt both lose an echoed Bearer token and a presigned signature."""
+    body = (
+        b"upstream refused Authorization: Bearer t0k3n-value for https://s3.test/k?X-Amz-Signature=0f1e2d3c"
+    )
+    with respx.mock() as router:
+        router.post(f"{API}/documents").respond(200, content=body, headers={"Content-Type": "text/plain"})
+        with pytest.raises(BadResponseError) as caught:
+            run(request_step(save={"id": "id"}), payload_file(tmp_path))
+    for text in (str(caught.value), caught.value.body_excerpt or ""):
+        assert "t0k3n-value" not in text
+        assert "0f1e2d3c" not in text
+    expected = "the response is not JSON (text/plain): upstream refused Authorization: Bearer [REDACTED]"
+    assert f"step create: {expected}" in str(caught.value)
+
+
 def test_a_nested_save_path_names_the_full_path_when_missing(tmp_path: Path) -> None:
     """``upload.fields`` missing inside ``upload`` is reported as ``upload.fields``."""
     with respx.mock() as router:

@@ -312,6 +312,28 @@ def test_another_403_is_permanent_with_the_s3_code_and_message(tmp_path: Path) -
     )
 
 
+def test_a_signature_mismatch_is_quoted_without_the_signature_or_the_signed_policy(tmp_path: Path) -> None:
+    """S3's SignatureDoesNotMatch body echoes the signature and the policy it signed: cut both."""
+    body = (
+        b"<Error><Code>SignatureDoesNotMatch</Code><Message>The request signature we calculated does not "
+        b"match the signature you provided.</Message><AWSAccessKeyId>AKIAEXAMPLE</AWSAccessKeyId>"
+        b"<StringToSign>"
+        + SIGV4_FIELDS["Policy"].encode()
+        + b"</StringToSign><SignatureProvided>"
+        + SIGV4_FIELDS["X-Amz-Signature"].encode()
+        + b"</SignatureProvided><RequestId>4442587FB7D0A2F9</RequestId></Error>"
+    )
+    with respx.mock() as router:
+        router.post(BUCKET).respond(403, content=body, headers={"Content-Type": "application/xml"})
+        with pytest.raises(PermanentDeliveryError) as caught:
+            run(storage_step(), payload_file(tmp_path), {"create": {"fields": SIGV4_FIELDS}})
+    report = f"{caught.value} {caught.value.body_excerpt}"
+    for secret in ("AKIAEXAMPLE", SIGV4_FIELDS["Policy"], SIGV4_FIELDS["X-Amz-Signature"]):
+        assert secret not in report
+    assert "(SignatureDoesNotMatch: The request signature we calculated" in str(caught.value)
+    assert "<SignatureProvided>[REDACTED]</SignatureProvided>" in (caught.value.body_excerpt or "")
+
+
 def test_a_storage_401_is_permanent_and_rejects_no_token(tmp_path: Path) -> None:
     """No API token went to storage, so a 401 there discards nothing."""
     credential = RecordingCredential()

@@ -27,6 +27,13 @@ class WatchSettings(Model):
     rescan_every: PositiveDuration = Field(
         default=60.0, description="Full rescan: the backstop for missed or overflowed events."
     )
+    stalled_writer_after: PositiveDuration = Field(
+        default=3600.0,
+        description=(
+            "A file written to but never closed counts as finished once unchanged this long; "
+            "the backstop for lost close events."
+        ),
+    )
 
 
 class RetrySettings(Model):

@@ -3,7 +3,9 @@
 Each step kind has one function here. All of them raise from the error tree
 (:mod:`uploader_daemon.errors`) with the step's name in the message, so a log line says
 which part of a multi-step delivery went wrong, and return the values the step saves
-for later steps.
+for later steps. Whatever of a response an error quotes (an excerpt, the server's
+details) has its credentials blanked first: errors reach the journal and the
+``.error.json`` sidecar, and presigned answers carry signatures.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import xml.etree.ElementTree as ElementTree
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, BinaryIO
 from urllib.parse import urlsplit
 
 import httpx
@@ -52,6 +54,7 @@ from uploader_daemon.errors import (
 )
 from uploader_daemon.file_moves import place
 from uploader_daemon.http import (
+    EXCERPT_LENGTH,
     InvalidRequestError,
     NetworkError,
     check_status,
@@ -61,11 +64,12 @@ from uploader_daemon.http import (
     same_origin,
     send,
 )
-from uploader_daemon.logs import get_logger
+from uploader_daemon.logs import get_logger, redact_structure, scrub_text
 
 log = get_logger(__name__)
 
-_DOWNLOAD_CHUNK = 256 * 1024
+# Each chunk is written by a worker thread: big chunks keep the thread hops few.
+_DOWNLOAD_CHUNK = 1024 * 1024
 # Filesystems allow 255 bytes per name; the rest is for ".1234" and ".abcd1234.part".
 _MAX_NAME_BYTES = 200
 _MAX_SUFFIX_BYTES = 20
@@ -140,21 +144,27 @@ async def _poll(step: PollStep, context: StepContext) -> dict[str, object]:
                 f"step {step.name}: the server reported {status!r}",
                 step=step.name,
                 status=response.status_code,
-                body_excerpt=excerpt(response),
-                details=details,
+                body_excerpt=_quoted(data),
+                details=redact_structure(details),
             )
         if loop.time() + step.interval > deadline:
             raise PollDeadlineError(
                 f"step {step.name}: still {status!r} after {polls} polls over {step.deadline:g}s",
                 step=step.name,
                 status=response.status_code,
-                body_excerpt=excerpt(response),
+                body_excerpt=_quoted(data),
             )
         log.debug("poll_waiting", step=step.name, status=status, polls=polls)
         await asyncio.sleep(step.interval)
 
 
 async def _download(step: DownloadStep, context: StepContext) -> dict[str, object]:
+    """Stream the result into ``NAME.xxxxxxxx.part``, then move it to a free name.
+
+    Results can be gigabytes: every write, the fsync and the move run in a worker
+    thread, so the event loop keeps serving the other deliveries. The ``.part`` file is
+    removed on any failure, cancellation included; an existing result is never replaced.
+    """
     response = await _api_call(step, step.method, context, {}, stream=True)
     try:
         name = _attachment_name(response) or _safe_name(render_text(step.filename, context.values))
@@ -162,23 +172,17 @@ async def _download(step: DownloadStep, context: StepContext) -> dict[str, objec
             raise PermanentDeliveryError(
                 f"step {step.name}: the result has no usable file name", step=step.name
             )
-        step.output_dir.mkdir(parents=True, exist_ok=True)
         partial = step.output_dir / f"{name}.{uuid.uuid4().hex[:8]}.part"
         try:
             written = await _stream_to(response, partial)
-            expected = response.headers.get("Content-Length")
-            if expected is not None and expected.isdigit() and int(expected) != written:
-                raise TransientDeliveryError(
-                    f"step {step.name}: the download stopped after {written} of {expected} bytes",
-                    step=step.name,
-                )
-            final = place(partial, step.output_dir, name)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                partial.unlink()
+            _check_complete(step.name, response)
+            final = await asyncio.to_thread(place, partial, step.output_dir, name)
+        except BaseException:
+            await asyncio.to_thread(_discard, partial)
+            raise
     except httpx.HTTPError as error:
         raise TransientDeliveryError(
-            f"step {step.name}: the download broke off: {error}", step=step.name
+            f"step {step.name}: the download broke off: {scrub_text(str(error))}", step=step.name
         ) from None
     except OSError as error:
         # A full disk or a missing permission: retried later, and the sentence says where.
@@ -217,6 +221,8 @@ async def _storage_post(step: StoragePostStep, context: StepContext) -> dict[str
         except InvalidRequestError as error:
             raise PermanentDeliveryError(f"step {step.name}: {error}", step=step.name) from None
     storage_error = _s3_error(response)
+    if storage_error is not None:
+        storage_error = (scrub_text(storage_error[0]), scrub_text(storage_error[1]))
     if response.status_code == 403 and storage_error and "expired" in storage_error[1].lower():
         raise StaleUploadGrantError(
             f"step {step.name}: the storage says the upload grant expired ({storage_error[1]})",
@@ -315,11 +321,21 @@ def _value(step: str, data: object, path: str) -> object:
         raise BadResponseError(
             f"step {step}: the response has no {error.path!r} ({error.reason})",
             step=step,
-            body_excerpt=as_text(data)[:500],
+            body_excerpt=_quoted(data),
         ) from None
     if value is None:
         raise BadResponseError(f"step {step}: the response's {path!r} is null", step=step)
     return value
+
+
+def _quoted(data: object) -> str:
+    """Parsed JSON as an error's body excerpt: secrets blanked by key, then by shape.
+
+    Presigned grants name their signature, policy and credential fields; their values
+    must reach neither the journal nor the ``.error.json`` sidecar.
+    """
+    text = scrub_text(as_text(redact_structure(data)))
+    return text[:EXCERPT_LENGTH] + ("..." if len(text) > EXCERPT_LENGTH else "")
 
 
 def _s3_error(response: httpx.Response) -> tuple[str, str] | None:
@@ -369,11 +385,52 @@ def _safe_name(name: str) -> str:
 
 
 async def _stream_to(response: httpx.Response, path: Path) -> int:
-    written = 0
-    with path.open("wb") as handle:
+    """Write the (decoded) body into a new ``path``, synced; returns the bytes written.
+
+    The loop only receives: opening, each write and the fsync run in a worker thread.
+    """
+    handle = await asyncio.to_thread(_create, path)
+    try:
+        written = 0
         async for chunk in response.aiter_bytes(_DOWNLOAD_CHUNK):
-            handle.write(chunk)
+            await asyncio.to_thread(handle.write, chunk)
             written += len(chunk)
-        handle.flush()
-        os.fsync(handle.fileno())
+        await asyncio.to_thread(_sync, handle)
+    finally:
+        handle.close()  # cheap: _sync flushed everything (a failed download is discarded)
     return written
+
+
+def _check_complete(step: str, response: httpx.Response) -> None:
+    """Raise :class:`TransientDeliveryError` when fewer bytes came than Content-Length said.
+
+    Content-Length counts the bytes on the wire: with a Content-Encoding (gzip) the file
+    holds the decoded, longer content, so the raw count is what is compared.
+    """
+    received = response.num_bytes_downloaded
+    expected = response.headers.get("Content-Length")
+    if expected is not None and expected.isdigit() and int(expected) != received:
+        raise TransientDeliveryError(
+            f"step {step}: the download stopped after {received} of {expected} bytes", step=step
+        )
+
+
+def _create(path: Path) -> BinaryIO:
+    """A new file at ``path`` (its folder made if missing); never an existing one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path.open("xb")
+
+
+def _sync(handle: BinaryIO) -> None:
+    handle.flush()
+    os.fsync(handle.fileno())
+
+
+def _discard(path: Path) -> None:
+    """Remove a partial download (freeing gigabytes can take a moment: a worker thread).
+
+    A partial that cannot be removed (or never existed) must not hide the error that
+    stopped the download, so the removal's own failure is ignored.
+    """
+    with contextlib.suppress(OSError):
+        path.unlink()
