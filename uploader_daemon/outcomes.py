@@ -104,31 +104,24 @@ class Outcomes:
         message = self._redactor.scrub(error.message)
         path = self._target.folder / record.path
         state = _compare(path, record)
-        if state == "replaced":
-            self._journal.failed(record.id, message, error.status, "replaced", now)
-            self._log.warning(
-                "file_failed",
-                file=record.path,
-                step=error.step,
-                status=error.status,
-                error=message,
-                attempts=attempts,
-                action="the path now holds a newer version, which will be delivered",
-            )
-            return Verdict.REPLACED
-        destination: str | None = "vanished"
+        destination: str | None = state  # "replaced" or "vanished" unless the move below decides
         if state == "same":
             destination = await self._park(record, error, attempts, message, now)
         self._journal.failed(record.id, message, error.status, destination, now)
-        self._log.error(
-            "file_failed",
-            file=record.path,
-            step=error.step,
-            status=error.status,
-            error=message,
-            attempts=attempts,
-            destination=destination,
-        )
+        failure = {
+            "file": record.path,
+            "step": error.step,
+            "status": error.status,
+            "error": message,
+            "attempts": attempts,
+            "destination": destination,
+        }
+        if state == "replaced":
+            self._log.warning(
+                "file_failed", **failure, action="the path now holds a newer version, which will be delivered"
+            )
+            return Verdict.REPLACED
+        self._log.error("file_failed", **failure)
         return Verdict.SETTLED
 
     async def _park(

@@ -7,10 +7,9 @@ that arrived while the daemon was down, and a periodic rescan is the backstop fo
 missed or overflowed events. ``watch.poll`` swaps inotify for polling (NFS/SMB shares,
 where inotify sees nothing of other clients' writes).
 
-What is never offered: names outside ``include`` or inside ``exclude`` (checked on the
-file name and on each sub-folder name), symlinks (a drop folder must not become a way to
-read other files; warned once), sub-folders unless ``recursive``, and the folders the
-daemon itself writes into.
+Which files are candidates is :mod:`uploader_daemon.drop_folder`'s business; symlinks
+are never offered (a drop folder must not become a way to read other files) and are
+warned about once.
 
 Nothing here gets stuck on one bad thing: a sub-folder that cannot be listed is warned
 about once and skipped (only an unreadable drop folder fails a scan); an event or a
@@ -26,12 +25,8 @@ import asyncio
 import collections
 import contextlib
 import errno
-import fnmatch
 import os
-import stat
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
 
 from watchdog.events import (
     DirCreatedEvent,
@@ -49,6 +44,7 @@ from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
 from uploader_daemon.config.schema import TargetSettings
+from uploader_daemon.drop_folder import GONE, DropFolder, Listing
 from uploader_daemon.logs import get_logger
 from uploader_daemon.readiness import ReadinessTracker, Snapshot
 
@@ -68,20 +64,6 @@ _EVENTS = [
 # How long stopping an observer may take before we give up on its thread (a daemon thread).
 _STOP_TIMEOUT = 5.0
 
-# A sub-folder that vanished between its parent's listing and its own: moved or deleted,
-# which its own event reports; nothing to warn about.
-_GONE = (errno.ENOENT, errno.ENOTDIR)
-
-
-@dataclass
-class _Listing:
-    """What listing a folder found; built in a worker thread, read on the loop."""
-
-    files: list[tuple[str, Snapshot]] = field(default_factory=list)
-    symlinks: list[str] = field(default_factory=list)
-    unreadable: list[tuple[str, OSError]] = field(default_factory=list)  # sub-folders
-    readable: list[str] = field(default_factory=list)  # sub-folders listed this time
-
 
 class FolderWatcher:
     """Offers each ready file of one target's folder, exactly when it becomes ready."""
@@ -93,11 +75,9 @@ class FolderWatcher:
         already_handled: Callable[[str, Snapshot], bool],
     ) -> None:
         self._target = target
-        self._folder = str(target.folder)
-        self._prefix = self._folder.rstrip(os.sep) + os.sep
+        self._folder = DropFolder(target)
         self._offer = offer
         self._already_handled = already_handled
-        self._own_folders = {str(path) for path in target.output_folders.values()}
         # Only touched on the loop thread.
         self._warned_symlinks: set[str] = set()
         self._warned_subfolders: set[str] = set()
@@ -124,7 +104,7 @@ class FolderWatcher:
         self._tracker = ReadinessTracker(
             self._target.settle,
             self._offer,
-            self._snapshot,
+            self._folder.snapshot,
             self._loop,
             stalled_writer_after=self._target.watch.stalled_writer_after,
             failed=self._settle_check_failed,
@@ -150,7 +130,7 @@ class FolderWatcher:
     def resettle(self, relative_path: str) -> None:
         """A queued file changed before its upload: watch it settle again."""
         if self._tracker is not None:
-            self._tracker.scanned(relative_path, self._snapshot(relative_path) or (-1, -1))
+            self._tracker.scanned(relative_path, self._folder.snapshot(relative_path) or (-1, -1))
 
     async def scan(self) -> int:
         """Restart a dead watch, list the folder (in a thread), hand unknown files to the tracker.
@@ -160,24 +140,24 @@ class FolderWatcher:
         """
         try:
             await self._restart_observer_if_dead()
-            listing = await asyncio.to_thread(self._list_files, self._folder)
+            listing = await asyncio.to_thread(self._folder.list_files, self._folder.root)
         except OSError as error:
             self._log.error(
                 "scan_failed",
-                folder=self._folder,
+                folder=self._folder.root,
                 error=error.strerror or str(error),
                 hint="check that the drop folder exists and is readable",
             )
             return 0
         except Exception as error:  # a bug must not end the rescan job's promise
             self._log.error(
-                "scan_failed", folder=self._folder, error=str(error), error_type=type(error).__name__
+                "scan_failed", folder=self._folder.root, error=str(error), error_type=type(error).__name__
             )
             self._log.debug("scan_traceback", exc_info=error)
             return 0
         return self._consider(listing)
 
-    def _consider(self, listing: _Listing) -> int:
+    def _consider(self, listing: Listing) -> int:
         """Hand a listing to the tracker; returns how many files were new. Never raises."""
         self._report_listing(listing)
         tracker = self._tracker
@@ -207,7 +187,7 @@ class FolderWatcher:
             self._log.debug("scan_files_traceback", exc_info=first_error)
         return new
 
-    def _report_listing(self, listing: _Listing) -> None:
+    def _report_listing(self, listing: Listing) -> None:
         """Warn once per symlink and per unreadable sub-folder (on the loop thread)."""
         for relative_path in listing.symlinks:
             self._warn_symlink(relative_path)
@@ -248,8 +228,8 @@ class FolderWatcher:
             if not self._observer_dead():
                 return  # a concurrent scan restarted it, or stop() ran
             # Deleted, not yet recreated: the listing would fail too; scan_failed says so.
-            if not await asyncio.to_thread(os.path.isdir, self._folder):
-                raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), self._folder)
+            if not await asyncio.to_thread(os.path.isdir, self._folder.root):
+                raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), self._folder.root)
             self._log.warning(
                 "watch_restarting",
                 reason="the drop folder was removed" if self._folder_deleted else "the observer stopped",
@@ -262,7 +242,7 @@ class FolderWatcher:
                 # The scan still lists the folder; the next one tries the watch again.
                 self._log.error(
                     "watch_restart_failed",
-                    folder=self._folder,
+                    folder=self._folder.root,
                     error=error.strerror or str(error),
                     hint="files are found by rescans only until the watch is back",
                 )
@@ -278,7 +258,9 @@ class FolderWatcher:
         self._generation += 1
         handler = _Forwarder(self, self._generation)
         try:
-            observer.schedule(handler, self._folder, recursive=self._target.recursive, event_filter=_EVENTS)
+            observer.schedule(
+                handler, self._folder.root, recursive=self._target.recursive, event_filter=_EVENTS
+            )
             observer.start()
         except OSError as error:
             if self._target.watch.poll:
@@ -291,7 +273,9 @@ class FolderWatcher:
                 hint="raise fs.inotify.max_user_watches or set watch.poll: true",
             )
             observer = PollingObserver(timeout=self._target.watch.poll_interval)
-            observer.schedule(handler, self._folder, recursive=self._target.recursive, event_filter=_EVENTS)
+            observer.schedule(
+                handler, self._folder.root, recursive=self._target.recursive, event_filter=_EVENTS
+            )
             observer.start()
             self.events_have_close = False
         return observer
@@ -343,7 +327,7 @@ class FolderWatcher:
                 self._log.error(
                     "watch_event_failed",
                     event_type=event.event_type,
-                    file=self._relative(event.src_path) or os.fsdecode(event.src_path),
+                    file=self._folder.relative(event.src_path) or os.fsdecode(event.src_path),
                     error=str(error),
                     error_type=type(error).__name__,
                     hint="the next rescan finds the file again",
@@ -366,13 +350,13 @@ class FolderWatcher:
         tracker = self._tracker
         if tracker is None or not self._running:
             return  # stopped: nothing may be offered any more
-        source = self._relative(event.src_path)
+        source = self._folder.relative(event.src_path)
         if isinstance(event, FileMovedEvent | DirMovedEvent):
-            destination = self._relative(event.dest_path)
+            destination = self._folder.relative(event.dest_path)
             if event.is_directory:
                 if source:
                     tracker.removed_below(source)
-                if destination and self._wanted_directory(destination):
+                if destination and self._folder.wanted_directory(destination):
                     self._scan_directory(destination)
                 return
             if source:
@@ -388,14 +372,14 @@ class FolderWatcher:
                 self._folder_deleted = True
                 self._log.error(
                     "drop_folder_removed",
-                    folder=self._folder,
+                    folder=self._folder.root,
                     hint="recreate it; the next rescan resumes watching",
                 )
                 tracker.clear()
                 return
             tracker.removed_below(source)
         elif isinstance(event, DirCreatedEvent):
-            if self._wanted_directory(source):
+            if self._folder.wanted_directory(source):
                 self._scan_directory(source)
         elif isinstance(event, FileDeletedEvent):
             tracker.removed(source)
@@ -427,13 +411,13 @@ class FolderWatcher:
         task.add_done_callback(self._directory_scans.discard)
 
     async def _scan_subfolder(self, relative_dir: str) -> None:
-        directory = os.path.join(self._folder, relative_dir)
+        directory = os.path.join(self._folder.root, relative_dir)
         try:
-            listing = await asyncio.to_thread(self._list_files, directory)
+            listing = await asyncio.to_thread(self._folder.list_files, directory)
         except OSError as error:
-            if error.errno in _GONE:
+            if error.errno in GONE:
                 return  # gone again already: its own event says so
-            listing = _Listing(unreadable=[(relative_dir, error)])
+            listing = Listing(unreadable=[(relative_dir, error)])
         except Exception as error:  # a task's exception would otherwise go unseen
             self._log.error(
                 "subfolder_scan_failed",
@@ -446,36 +430,16 @@ class FolderWatcher:
             return
         self._consider(listing)
 
-    # --- what counts as a candidate --------------------------------------------------
-
-    def _relative(self, path: str | bytes) -> str:
-        """The path relative to the drop folder ("." for the folder, "" if outside it)."""
-        text = os.fsdecode(path)
-        if text.startswith(self._prefix):
-            return text[len(self._prefix) :]  # watchdog reports absolute paths under the folder
-        if not text:
-            return ""
-        relative = os.path.relpath(text, self._folder)
-        return "" if relative.startswith("..") else relative
+    # --- candidates -------------------------------------------------------------------
 
     def _wanted_file(self, relative_path: str) -> bool:
         """An event's file is a candidate (loop thread only: it warns about symlinks)."""
-        if not self._wanted_name(relative_path):
+        if not self._folder.wanted_name(relative_path):
             return False
-        if os.path.islink(os.path.join(self._folder, relative_path)):
+        if os.path.islink(self._folder.full(relative_path)):
             self._warn_symlink(relative_path)
             return False
         return True
-
-    def _wanted_name(self, relative_path: str) -> bool:
-        """``include``, ``exclude`` and the parent folders; touches no state, so any thread may call it."""
-        name = os.path.basename(relative_path)
-        parent = os.path.dirname(relative_path)
-        if parent and (not self._target.recursive or not self._wanted_directory(parent)):
-            return False
-        return _matches(name, relative_path, self._target.include) and not _matches(
-            name, relative_path, self._target.exclude
-        )
 
     def _warn_symlink(self, relative_path: str) -> None:
         if relative_path not in self._warned_symlinks:
@@ -485,65 +449,6 @@ class FolderWatcher:
                 file=relative_path,
                 reason="symlinks are never followed out of a drop folder",
             )
-
-    def _wanted_directory(self, relative_dir: str) -> bool:
-        if not self._target.recursive:
-            return False
-        full = os.path.join(self._folder, relative_dir)
-        if full in self._own_folders or any(full.startswith(own + os.sep) for own in self._own_folders):
-            return False
-        return not any(_matches(part, part, self._target.exclude) for part in Path(relative_dir).parts)
-
-    def _list_files(self, directory: str) -> _Listing:
-        """Candidate files under ``directory`` with their (size, mtime). Runs in a thread.
-
-        Raises OSError only when ``directory`` itself cannot be listed; a sub-folder
-        that cannot is recorded in the listing and skipped. Logs nothing and keeps no
-        state: the loop thread reports what the listing found.
-        """
-        listing = _Listing()
-        pending = [directory]
-        while pending:
-            current = pending.pop()
-            try:
-                self._list_one(current, listing, pending)
-            except OSError as error:
-                if current == directory:
-                    raise
-                if error.errno not in _GONE:
-                    listing.unreadable.append((os.path.relpath(current, self._folder), error))
-            else:
-                if current != self._folder:
-                    listing.readable.append(os.path.relpath(current, self._folder))
-        return listing
-
-    def _list_one(self, directory: str, listing: _Listing, pending: list[str]) -> None:
-        """Add one folder's files to ``listing`` and its wanted sub-folders to ``pending``."""
-        with os.scandir(directory) as entries:
-            for entry in entries:
-                relative = os.path.relpath(entry.path, self._folder)
-                try:
-                    info = entry.stat(follow_symlinks=False)
-                except FileNotFoundError:
-                    continue  # deleted since the folder was read
-                if stat.S_ISDIR(info.st_mode):
-                    if self._wanted_directory(relative):
-                        pending.append(entry.path)
-                elif not self._wanted_name(relative):
-                    continue
-                elif stat.S_ISLNK(info.st_mode):
-                    listing.symlinks.append(relative)
-                elif stat.S_ISREG(info.st_mode):
-                    listing.files.append((relative, (info.st_size, info.st_mtime_ns)))
-
-    def _snapshot(self, relative_path: str) -> Snapshot | None:
-        try:
-            info = os.lstat(os.path.join(self._folder, relative_path))
-        except FileNotFoundError:
-            return None
-        if not stat.S_ISREG(info.st_mode):
-            return None
-        return info.st_size, info.st_mtime_ns
 
 
 def _stop_observer(observer: BaseObserver) -> bool:
@@ -566,10 +471,3 @@ class _Forwarder(FileSystemEventHandler):
 
     def on_any_event(self, event: FileSystemEvent) -> None:
         self._watcher.post(event, self._generation)
-
-
-def _matches(name: str, relative_path: str, patterns: tuple[str, ...]) -> bool:
-    """Glob match on the name, or on the relative path for patterns with a ``/``."""
-    return any(
-        fnmatch.fnmatchcase(relative_path if "/" in pattern else name, pattern) for pattern in patterns
-    )

@@ -1,0 +1,137 @@
+"""A drop folder's rules: which names are candidates, and listing them.
+
+What is never a candidate: names outside ``include`` or inside ``exclude`` (checked on
+the file name, or on the relative path for patterns with a ``/``, and on each sub-folder
+name), sub-folders unless ``recursive``, and the folders the daemon itself writes into
+(archive, failed, download outputs). Symlinks are reported apart: they are never
+followed out of a drop folder.
+
+Everything here is pure and keeps no state, so it runs in worker threads (listing a
+big folder) as well as on the loop; logging is the watcher's job.
+"""
+
+from __future__ import annotations
+
+import errno
+import fnmatch
+import os
+import stat
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from uploader_daemon.config.schema import TargetSettings
+from uploader_daemon.readiness import Snapshot
+
+# A sub-folder that vanished between its parent's listing and its own: moved or deleted,
+# which its own event reports; nothing to warn about.
+GONE = (errno.ENOENT, errno.ENOTDIR)
+
+
+@dataclass
+class Listing:
+    """What listing a folder found; built in a worker thread, read on the loop."""
+
+    files: list[tuple[str, Snapshot]] = field(default_factory=list)
+    symlinks: list[str] = field(default_factory=list)
+    unreadable: list[tuple[str, OSError]] = field(default_factory=list)  # sub-folders
+    readable: list[str] = field(default_factory=list)  # sub-folders listed this time
+
+
+class DropFolder:
+    """One target's drop folder and its candidate rules."""
+
+    def __init__(self, target: TargetSettings) -> None:
+        self._target = target
+        self.root = str(target.folder)
+        self._prefix = self.root.rstrip(os.sep) + os.sep
+        self._own_folders = {str(path) for path in target.output_folders.values()}
+
+    def relative(self, path: str | bytes) -> str:
+        """The path relative to the drop folder ("." for the folder, "" if outside it)."""
+        text = os.fsdecode(path)
+        if text.startswith(self._prefix):
+            return text[len(self._prefix) :]  # watchdog reports absolute paths under the folder
+        if not text:
+            return ""
+        relative = os.path.relpath(text, self.root)
+        return "" if relative.startswith("..") else relative
+
+    def full(self, relative_path: str) -> str:
+        return os.path.join(self.root, relative_path)
+
+    def wanted_name(self, relative_path: str) -> bool:
+        """``include``, ``exclude`` and the parent folders allow this file name."""
+        name = os.path.basename(relative_path)
+        parent = os.path.dirname(relative_path)
+        if parent and not self.wanted_directory(parent):
+            return False
+        return _matches(name, relative_path, self._target.include) and not _matches(
+            name, relative_path, self._target.exclude
+        )
+
+    def wanted_directory(self, relative_dir: str) -> bool:
+        """A sub-folder to look into: ``recursive``, not excluded, not one of ours."""
+        if not self._target.recursive:
+            return False
+        full = self.full(relative_dir)
+        if full in self._own_folders or any(full.startswith(own + os.sep) for own in self._own_folders):
+            return False
+        return not any(_matches(part, part, self._target.exclude) for part in Path(relative_dir).parts)
+
+    def snapshot(self, relative_path: str) -> Snapshot | None:
+        """(size, mtime) of a regular file, else ``None``."""
+        try:
+            info = os.lstat(self.full(relative_path))
+        except FileNotFoundError:
+            return None
+        if not stat.S_ISREG(info.st_mode):
+            return None
+        return info.st_size, info.st_mtime_ns
+
+    def list_files(self, directory: str) -> Listing:
+        """Candidate files under ``directory`` with their (size, mtime). Blocking.
+
+        Raises OSError only when ``directory`` itself cannot be listed; a sub-folder
+        that cannot is recorded in the listing and skipped.
+        """
+        listing = Listing()
+        pending = [directory]
+        while pending:
+            current = pending.pop()
+            try:
+                self._list_one(current, listing, pending)
+            except OSError as error:
+                if current == directory:
+                    raise
+                if error.errno not in GONE:
+                    listing.unreadable.append((os.path.relpath(current, self.root), error))
+            else:
+                if current != self.root:
+                    listing.readable.append(os.path.relpath(current, self.root))
+        return listing
+
+    def _list_one(self, directory: str, listing: Listing, pending: list[str]) -> None:
+        """Add one folder's files to ``listing`` and its wanted sub-folders to ``pending``."""
+        with os.scandir(directory) as entries:
+            for entry in entries:
+                relative = os.path.relpath(entry.path, self.root)
+                try:
+                    info = entry.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    continue  # deleted since the folder was read
+                if stat.S_ISDIR(info.st_mode):
+                    if self.wanted_directory(relative):
+                        pending.append(entry.path)
+                elif not self.wanted_name(relative):
+                    continue
+                elif stat.S_ISLNK(info.st_mode):
+                    listing.symlinks.append(relative)
+                elif stat.S_ISREG(info.st_mode):
+                    listing.files.append((relative, (info.st_size, info.st_mtime_ns)))
+
+
+def _matches(name: str, relative_path: str, patterns: tuple[str, ...]) -> bool:
+    """Glob match on the name, or on the relative path for patterns with a ``/``."""
+    return any(
+        fnmatch.fnmatchcase(relative_path if "/" in pattern else name, pattern) for pattern in patterns
+    )
