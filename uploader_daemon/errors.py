@@ -10,6 +10,9 @@
     ├── LoginFailedError            no credential could be obtained; files wait, login is
     │                               retried with the target's backoff
     ├── TokenRequestError           one login/refresh request failed (inside auth/)
+    ├── NetworkError                a request got no response (http.py); a step turns it
+    │                               into a TransientDeliveryError
+    ├── InvalidRequestError         a request that cannot go on the wire (bad URL, header)
     └── DeliveryError               one file's delivery did not complete
         ├── TransientDeliveryError  retry with backoff (408/429/5xx, network, timeout)
         │   ├── BadResponseError    a 2xx whose body lacks what a later step needs
@@ -18,6 +21,10 @@
         ├── StaleUploadGrantError   the presigned policy expired: restart from step one
         └── PermanentDeliveryError  other 4xx, or the server reported a failure value:
                                     the file goes to failed_dir at once
+
+Two internal signals live beside the code that raises them, because nothing outside
+catches them: ``file_moves.CopyNeededError``/``SidecarError`` and
+``delivery.templating.TemplateError``.
 
 Errors carry what an admin needs to read at 3 a.m. (the step, the HTTP status, an
 excerpt of the body) and never a secret.
@@ -87,6 +94,14 @@ class TokenRequestError(UploaderError):
         super().__init__(message)
         self.status = status
         self.rejected = rejected
+
+
+class NetworkError(UploaderError):
+    """A request got no HTTP response (connection, DNS, TLS, timeout)."""
+
+
+class InvalidRequestError(UploaderError):
+    """A request cannot be sent at all: a malformed URL, a header value that is not ASCII."""
 
 
 class DeliveryError(UploaderError):

@@ -12,7 +12,6 @@ from __future__ import annotations
 import email.utils
 import re
 import time
-from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -21,9 +20,10 @@ import httpx
 from uploader_daemon.config.schema import ApiSettings
 from uploader_daemon.errors import (
     AuthRejectedError,
+    InvalidRequestError,
+    NetworkError,
     PermanentDeliveryError,
     TransientDeliveryError,
-    UploaderError,
 )
 from uploader_daemon.logs import get_logger, scrub_text
 
@@ -31,14 +31,6 @@ log = get_logger(__name__)
 
 EXCERPT_LENGTH = 500
 _RETRYABLE_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
-
-
-class NetworkError(UploaderError):
-    """The request got no HTTP response (connection, DNS, TLS, timeout)."""
-
-
-class InvalidRequestError(UploaderError):
-    """The request cannot be sent at all: a malformed URL, a header value that is not ASCII."""
 
 
 def build_client(api: ApiSettings, connections: int) -> httpx.AsyncClient:
@@ -207,10 +199,9 @@ def same_origin(url: str, origin: tuple[str, str, int | None]) -> bool:
     )
 
 
-def join_url(base_url: str, path: str, query: Mapping[str, object] | None = None) -> str:
+def join_url(base_url: str, path: str) -> str:
     """``base_url`` + ``path`` (the base's own path prefix is kept, unlike urljoin)."""
-    url = base_url.rstrip("/") + "/" + path.lstrip("/")
-    return url if not query else str(httpx.URL(url, params={k: str(v) for k, v in query.items()}))
+    return base_url.rstrip("/") + "/" + path.lstrip("/")
 
 
 def _host(url: str) -> str:

@@ -9,6 +9,7 @@ to the redactor yet. Configured once by the CLI, never at import time.
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import re
@@ -74,6 +75,7 @@ _ELEMENT_WORDS = (
     "password>",
 )
 _MIN_SECRET_LENGTH = 4
+_RECENT_TOKENS = 16
 
 # Libraries whose INFO and DEBUG output is noise for an admin (a line per scheduler tick,
 # per file event) but useful when debugging.
@@ -147,20 +149,27 @@ class Redactor:
 
     def __init__(self, secrets: Iterable[str] = ()) -> None:
         self._secrets: set[str] = set()
+        # Tokens rotate for as long as the daemon runs: only the recent ones can still
+        # turn up in a message, and keeping them all would slow every log line down.
+        self._rotating: collections.deque[str] = collections.deque(maxlen=_RECENT_TOKENS)
         self._longest_first: list[str] = []
         for secret in secrets:
             self.add(secret)
 
     def add(self, secret: str) -> None:
-        """Register a secret value (a token as soon as it is obtained)."""
+        """Register a secret that lasts (a password, an API key)."""
         if len(secret) >= _MIN_SECRET_LENGTH:
             self._secrets.add(secret)
-            self._longest_first = sorted(self._secrets, key=len, reverse=True)
+            self._sort()
 
-    def discard(self, secret: str) -> None:
-        """Forget a secret that can no longer be used (a replaced token)."""
-        self._secrets.discard(secret)
-        self._longest_first = sorted(self._secrets, key=len, reverse=True)
+    def add_token(self, token: str) -> None:
+        """Register a token as soon as it is obtained; the oldest tokens are let go."""
+        if len(token) >= _MIN_SECRET_LENGTH and token not in self._rotating:
+            self._rotating.append(token)
+            self._sort()
+
+    def _sort(self) -> None:
+        self._longest_first = sorted(self._secrets | set(self._rotating), key=len, reverse=True)
 
     def __call__(self, logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
         for key in list(event_dict):

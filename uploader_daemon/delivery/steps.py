@@ -47,6 +47,8 @@ from uploader_daemon.delivery.templating import (
 )
 from uploader_daemon.errors import (
     BadResponseError,
+    InvalidRequestError,
+    NetworkError,
     PermanentDeliveryError,
     PollDeadlineError,
     StaleUploadGrantError,
@@ -55,8 +57,6 @@ from uploader_daemon.errors import (
 from uploader_daemon.file_moves import place
 from uploader_daemon.http import (
     EXCERPT_LENGTH,
-    InvalidRequestError,
-    NetworkError,
     check_status,
     excerpt,
     join_url,
