@@ -78,6 +78,28 @@ class DropFolder:
             return False
         return not any(_matches(part, part, self._target.exclude) for part in Path(relative_dir).parts)
 
+    def open(self, relative_path: str) -> int:
+        """Open a file for reading without following any symlink on the way.
+
+        Every sub-folder is opened relative to the one above with ``O_NOFOLLOW``, so a
+        sub-folder swapped for a symlink cannot lead outside the drop folder. Raises
+        ``OSError`` (``ELOOP`` or ``ENOTDIR`` for a symlink on the way).
+        """
+        parts = relative_path.split(os.sep)
+        directory = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            for part in parts[:-1]:
+                inner = os.open(
+                    part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=directory
+                )
+                os.close(directory)
+                directory = inner
+            return os.open(
+                parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=directory
+            )
+        finally:
+            os.close(directory)
+
     def snapshot(self, relative_path: str) -> Snapshot | None:
         """(size, mtime) of a regular file, else ``None``."""
         try:

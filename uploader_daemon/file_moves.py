@@ -3,7 +3,14 @@
 Nothing is ever overwritten: a name already taken gets a counter (``report.1.csv``).
 The move is a hard link followed by an unlink, because ``link`` refuses an existing
 name atomically where ``rename`` would silently replace it; across filesystems the
-file is copied to a temporary name in the destination, synced, then linked into place.
+file is copied (through a descriptor opened without following symlinks) to a
+temporary name in the destination, synced, then linked into place.
+
+Only the file that was meant is moved. With ``expect`` (device, inode, size, mtime of
+the delivered file) a path that now leads elsewhere (a new version renamed over it, a
+sub-folder swapped for a symlink) raises :class:`FileChangedError` and nothing moves;
+and the source name is removed only while it still holds the moved file, so a new
+version that arrives during a long copy stays where it is.
 """
 
 from __future__ import annotations
@@ -20,6 +27,18 @@ from typing import Any
 
 _MAX_CANDIDATES = 10_000
 _NO_HARD_LINK = (errno.EXDEV, errno.EPERM, errno.ENOTSUP, errno.EMLINK)
+_COPY_CHUNK = 1024 * 1024
+
+Identity = tuple[int, int, int, int]  # (st_dev, st_ino, st_size, st_mtime_ns)
+
+
+def identity(info: os.stat_result) -> Identity:
+    """What tells one file version from another at the same path."""
+    return info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns
+
+
+class FileChangedError(OSError):
+    """The path no longer leads to the file that was meant; nothing was moved."""
 
 
 class CopyNeededError(OSError):
@@ -35,7 +54,13 @@ class SidecarError(OSError):
 
 
 def place(
-    source: Path, directory: Path, name: str, *, keep_free: tuple[str, ...] = (), allow_copy: bool = True
+    source: Path,
+    directory: Path,
+    name: str,
+    *,
+    keep_free: tuple[str, ...] = (),
+    allow_copy: bool = True,
+    expect: Identity | None = None,
 ) -> Path:
     """Move ``source`` into ``directory`` as ``name`` (or ``name`` with a counter).
 
@@ -53,31 +78,44 @@ def place(
         if any(destination.with_name(destination.name + suffix).exists() for suffix in keep_free):
             continue
         try:
-            _link_or_copy(source, destination, allow_copy)
+            moved = _link_or_copy(source, destination, allow_copy, expect)
         except FileExistsError:
             if not _same_file(source, destination):
                 continue
             # A crash between link and unlink last time: the move is half done already.
-        try:
-            source.unlink()
-        except FileNotFoundError:
-            raise
-        except OSError:
-            with contextlib.suppress(OSError):
-                destination.unlink()
-            raise
+            moved = identity(os.lstat(destination))
+        _remove_source(source, destination, moved)
         return destination
     raise OSError(errno.EEXIST, f"no free name for {name} in {directory}")
 
 
-def archive(source: Path, archive_dir: Path, relative_path: str, *, allow_copy: bool = True) -> Path:
+def archive(
+    source: Path,
+    archive_dir: Path,
+    relative_path: str,
+    *,
+    allow_copy: bool = True,
+    expect: Identity | None = None,
+) -> Path:
     """Move a delivered file into ``archive_dir``, keeping its sub-folder and name."""
     relative = PurePosixPath(relative_path)
-    return place(source, archive_dir.joinpath(*relative.parts[:-1]), relative.name, allow_copy=allow_copy)
+    return place(
+        source,
+        archive_dir.joinpath(*relative.parts[:-1]),
+        relative.name,
+        allow_copy=allow_copy,
+        expect=expect,
+    )
 
 
 def fail(
-    source: Path, failed_dir: Path, relative_path: str, report: dict[str, Any], *, allow_copy: bool = True
+    source: Path,
+    failed_dir: Path,
+    relative_path: str,
+    report: dict[str, Any],
+    *,
+    allow_copy: bool = True,
+    expect: Identity | None = None,
 ) -> Path:
     """Move a file that cannot be delivered to ``failed_dir`` with a ``.error.json`` beside it.
 
@@ -91,6 +129,7 @@ def fail(
         relative.name,
         keep_free=(".error.json",),
         allow_copy=allow_copy,
+        expect=expect,
     )
     try:
         write_atomically(
@@ -141,7 +180,8 @@ def _candidates(name: str) -> Iterator[str]:
         yield f"{stem}.{counter}{suffixes}"
 
 
-def _link_or_copy(source: Path, destination: Path, allow_copy: bool) -> None:
+def _link_or_copy(source: Path, destination: Path, allow_copy: bool, expect: Identity | None) -> Identity:
+    """Give ``destination`` the content of ``source``; returns the identity of what moved."""
     try:
         os.link(source, destination)
     except FileExistsError:
@@ -153,13 +193,29 @@ def _link_or_copy(source: Path, destination: Path, allow_copy: bool) -> None:
             raise CopyNeededError(
                 error.errno, f"{destination.parent} needs a copy: {error.strerror}"
             ) from None
-        # Another filesystem, or one without hard links: copy beside the destination,
-        # then claim the final name without overwriting.
+        return _copy(source, destination, expect)
+    moved = identity(os.lstat(destination))
+    if expect is not None and moved != expect:
+        destination.unlink()
+        raise FileChangedError(errno.ESTALE, "the path no longer holds the delivered file", str(source))
+    return moved
+
+
+def _copy(source: Path, destination: Path, expect: Identity | None) -> Identity:
+    """Another filesystem, or one without hard links: copy beside the destination from a
+    descriptor, then claim the final name without overwriting."""
+    descriptor = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    with os.fdopen(descriptor, "rb") as reader:
+        info = os.fstat(descriptor)
+        if expect is not None and identity(info) != expect:
+            raise FileChangedError(errno.ESTALE, "the path no longer holds the delivered file", str(source))
         temporary = destination.with_name(f".{destination.name}.{uuid.uuid4().hex[:8]}.tmp")
         try:
-            shutil.copy2(source, temporary)
-            with temporary.open("rb") as handle:
-                os.fsync(handle.fileno())
+            with temporary.open("wb") as writer:
+                shutil.copyfileobj(reader, writer, _COPY_CHUNK)
+                writer.flush()
+                os.fsync(writer.fileno())
+            os.utime(temporary, ns=(info.st_atime_ns, info.st_mtime_ns))
             try:
                 os.link(temporary, destination)
             except OSError as link_error:
@@ -171,3 +227,22 @@ def _link_or_copy(source: Path, destination: Path, allow_copy: bool) -> None:
         finally:
             with contextlib.suppress(FileNotFoundError):
                 temporary.unlink()
+    return identity(info)
+
+
+def _remove_source(source: Path, destination: Path, moved: Identity) -> None:
+    """Unlink ``source`` if it still holds what moved; undo the move if it cannot be unlinked."""
+    try:
+        current = identity(os.lstat(source))
+    except FileNotFoundError:
+        return  # gone meanwhile: what moved is safe at the destination
+    if current != moved:
+        return  # a new version took the name during the move: it is not ours to remove
+    try:
+        source.unlink()
+    except FileNotFoundError:
+        return
+    except OSError:
+        with contextlib.suppress(OSError):
+            destination.unlink()
+        raise

@@ -30,7 +30,8 @@ from typing import Any
 
 from uploader_daemon.errors import StateDirError
 
-_SCHEMA_VERSION = 1
+# 1: the first schema; 2: adds the step-list fingerprint (plan) and leaner indexes.
+_SCHEMA_VERSION = 2
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (
     id             INTEGER PRIMARY KEY,
@@ -58,6 +59,13 @@ CREATE UNIQUE INDEX IF NOT EXISTS files_active ON files (target, path)
 CREATE INDEX IF NOT EXISTS files_settled ON files (target, path, size, mtime_ns)
     WHERE destination IS NULL AND state IN ('done', 'failed');
 """
+_MIGRATIONS = {
+    # From 1 to 2. The column is added only if missing (development builds had it).
+    2: """
+DROP INDEX IF EXISTS files_by_state;
+DROP INDEX IF EXISTS files_done;
+""",
+}
 
 
 @dataclass(frozen=True)
@@ -154,9 +162,10 @@ class Journal:
             # Rewritten while waiting: the upload must send the new content, so a
             # checkpoint of an earlier attempt (a document created for the old size, a
             # poll of the old upload) no longer applies.
+            # The new version also gets the full number of attempts.
             db.execute(
                 "UPDATE files SET size=?, mtime_ns=?, next_step=0, step_in_flight=NULL, "
-                "outputs='{}', updated_at=? WHERE id=?",
+                "outputs='{}', attempts=0, last_error=NULL, last_status=NULL, updated_at=? WHERE id=?",
                 (size, mtime_ns, now, active["id"]),
             )
             return self.get(active["id"])
@@ -353,9 +362,21 @@ def _prepare(connection: sqlite3.Connection, path: Path) -> None:
     version = connection.execute("PRAGMA user_version").fetchone()[0]
     if version > _SCHEMA_VERSION:
         raise StateDirError(f"the journal {path} was written by a newer uploader-daemon; upgrade it")
-    if version < _SCHEMA_VERSION:
-        connection.executescript(_SCHEMA)
-        connection.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
+    if version == _SCHEMA_VERSION:
+        return
+    if version > 0:
+        _migrate(connection, version)
+    connection.executescript(_SCHEMA)
+    connection.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
+
+
+def _migrate(connection: sqlite3.Connection, version: int) -> None:
+    """Bring a journal written by an older uploader-daemon up to date, keeping its rows."""
+    columns = {row["name"] for row in connection.execute("PRAGMA table_info(files)")}
+    if "plan" not in columns:
+        connection.execute("ALTER TABLE files ADD COLUMN plan TEXT")
+    for target_version in range(version + 1, _SCHEMA_VERSION + 1):
+        connection.executescript(_MIGRATIONS[target_version])
 
 
 def _record(row: sqlite3.Row) -> FileRecord:

@@ -34,7 +34,13 @@ _SENSITIVE_KEY = re.compile(
 # Credentials that can show up inside free text (an exception message, a body excerpt).
 # The token characters are RFC 6750's b64token (base64url included: "-" and "_"). The
 # scheme needs a space after it, so identifiers such as bearer_token_missing survive.
-_BEARER = re.compile(r"(?i)\b(?:(bearer|basic)\s+|(tok:)\s*)[A-Za-z0-9._~+/=_-]{6,}")
+# After Bearer or TOK: any token-shaped value is a credential; after Basic the value must
+# look like base64 (a digit or symbol, or 20 letters and more), so prose such as "Basic
+# authentication required" survives.
+_BEARER = re.compile(
+    r"(?i)\b(?:(bearer)\s+|(tok:)\s*|(basic)\s+(?=[A-Za-z]*[0-9._~+/=_-]|[A-Za-z]{20}))"
+    r"[A-Za-z0-9._~+/=_-]{6,}"
+)
 _JWT = re.compile(r"\beyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*")
 # A secret field quoted in JSON ("RefreshToken": "...") or a Python repr ('password': '...'),
 # also inside a JSON string (\"token\": \"...\"). A value cut short by an excerpt runs to
@@ -74,8 +80,12 @@ _ELEMENT_WORDS = (
     "token>",
     "password>",
 )
-_MIN_SECRET_LENGTH = 4
-_RECENT_TOKENS = 16
+_MIN_SECRET_LENGTH = 6
+# A secret shorter than this may be an ordinary word ("uploader"): it is only cut where it
+# stands alone, not inside a path or a longer name, where cutting it would mangle the line
+# and show where the password is.
+_WORD_LIKE_SECRET = 16
+_RECENT_TOKENS = 8
 
 # Libraries whose INFO and DEBUG output is noise for an admin (a line per scheduler tick,
 # per file event) but useful when debugging.
@@ -106,7 +116,9 @@ def scrub_text(text: str) -> str:
     if "<" in text and any(word in lowered for word in _ELEMENT_WORDS):
         text = _SECRET_ELEMENT.sub(lambda match: f"<{match.group(1)}>{REDACTED}{match.group(2)}", text)
     if any(word in lowered for word in _SCHEME_WORDS):
-        text = _BEARER.sub(lambda match: f"{match.group(1) or match.group(2)} {REDACTED}", text)
+        text = _BEARER.sub(
+            lambda match: f"{match.group(1) or match.group(2) or match.group(3)} {REDACTED}", text
+        )
     return text
 
 
@@ -134,6 +146,10 @@ def redact_structure(data: object) -> object:
     return data
 
 
+def _standalone(secret: str) -> re.Pattern[str]:
+    return re.compile(rf"(?<![A-Za-z0-9_./-]){re.escape(secret)}(?![A-Za-z0-9_./-])")
+
+
 def _is_sensitive_key(key: object) -> bool:
     return isinstance(key, str) and _SENSITIVE_KEY.search(key.lower().replace("-", "_")) is not None
 
@@ -149,10 +165,10 @@ class Redactor:
 
     def __init__(self, secrets: Iterable[str] = ()) -> None:
         self._secrets: set[str] = set()
-        # Tokens rotate for as long as the daemon runs: only the recent ones can still
-        # turn up in a message, and keeping them all would slow every log line down.
-        self._rotating: collections.deque[str] = collections.deque(maxlen=_RECENT_TOKENS)
-        self._longest_first: list[str] = []
+        # Tokens rotate for as long as the daemon runs: only a credential's recent ones
+        # can still turn up in a message, and keeping them all would slow every line.
+        self._tokens: dict[str, collections.deque[str]] = {}
+        self._patterns: list[tuple[str, re.Pattern[str] | None]] = []
         for secret in secrets:
             self.add(secret)
 
@@ -160,16 +176,25 @@ class Redactor:
         """Register a secret that lasts (a password, an API key)."""
         if len(secret) >= _MIN_SECRET_LENGTH:
             self._secrets.add(secret)
-            self._sort()
+            self._compile()
 
-    def add_token(self, token: str) -> None:
-        """Register a token as soon as it is obtained; the oldest tokens are let go."""
-        if len(token) >= _MIN_SECRET_LENGTH and token not in self._rotating:
-            self._rotating.append(token)
-            self._sort()
+    def add_token(self, token: str, owner: str) -> None:
+        """Register a token as soon as ``owner`` (a credential) obtains it.
 
-    def _sort(self) -> None:
-        self._longest_first = sorted(self._secrets | set(self._rotating), key=len, reverse=True)
+        Each owner keeps its most recent tokens; older ones are let go.
+        """
+        recent = self._tokens.setdefault(owner, collections.deque(maxlen=_RECENT_TOKENS))
+        if len(token) >= _MIN_SECRET_LENGTH and token not in recent:
+            recent.append(token)
+            self._compile()
+
+    def _compile(self) -> None:
+        known = self._secrets.union(*self._tokens.values())
+        # Longest first: a secret may contain another.
+        self._patterns = [
+            (secret, None if len(secret) >= _WORD_LIKE_SECRET else _standalone(secret))
+            for secret in sorted(known, key=len, reverse=True)
+        ]
 
     def __call__(self, logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
         for key in list(event_dict):
@@ -178,9 +203,11 @@ class Redactor:
 
     def scrub(self, text: str) -> str:
         """Return ``text`` with every known and recognisable credential replaced."""
-        for secret in self._longest_first:  # longest first: a secret may contain another
+        for secret, standalone in self._patterns:
             if secret in text:
-                text = text.replace(secret, REDACTED)
+                text = (
+                    text.replace(secret, REDACTED) if standalone is None else standalone.sub(REDACTED, text)
+                )
         return scrub_text(text)
 
     def _clean(self, key: object, value: Any) -> Any:

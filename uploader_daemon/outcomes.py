@@ -17,6 +17,7 @@ import asyncio
 import datetime
 import enum
 import errno
+import functools
 import os
 import stat
 from collections.abc import Callable
@@ -26,7 +27,15 @@ from typing import Any
 from uploader_daemon.clock import Clock
 from uploader_daemon.config.schema import TargetSettings
 from uploader_daemon.errors import DeliveryError
-from uploader_daemon.file_moves import CopyNeededError, SidecarError, archive, fail
+from uploader_daemon.file_moves import (
+    CopyNeededError,
+    FileChangedError,
+    Identity,
+    SidecarError,
+    archive,
+    fail,
+    identity,
+)
 from uploader_daemon.journal import FileRecord, Journal
 from uploader_daemon.logs import Redactor, get_logger
 
@@ -54,27 +63,27 @@ class Outcomes:
         self._redactor = redactor
         self._log = log.bind(target=target.name)
 
-    async def file_away(self, record: FileRecord, duration: float | None = None) -> Verdict:
-        """Apply ``after_upload`` to a delivered file; it is never sent again either way."""
+    async def file_away(
+        self, record: FileRecord, duration: float | None = None, sent: Identity | None = None
+    ) -> Verdict:
+        """Apply ``after_upload`` to a delivered file; it is never sent again either way.
+
+        ``sent`` identifies the version that was delivered (known while the process that
+        sent it runs; after a restart, size and mtime from the journal must do).
+        """
         action = self._target.after_upload
         path = self._target.folder / record.path
-        state = _compare(path, record)
-        if state == "replaced":
-            self._journal.done(record.id, "replaced", self._clock.now())
-            self._log.info(
-                "file_replaced_after_delivery",
-                file=record.path,
-                action="the new version at that path will be delivered too",
-            )
-            return Verdict.REPLACED
+        state = _compare(path, record, sent)
         destination: str | None = "vanished" if state == "vanished" else None
         try:
             if state == "same" and action.action == "archive":
                 assert action.archive_dir is not None
-                destination = str(await _move(archive, path, action.archive_dir, record.path))
+                destination = str(await _move(archive, path, action.archive_dir, record.path, expect=sent))
             elif state == "same" and action.action == "delete":
                 path.unlink()
                 destination = "deleted"
+        except FileChangedError:
+            state = "replaced"
         except FileNotFoundError:
             destination = "vanished"
         except OSError as error:
@@ -87,6 +96,14 @@ class Outcomes:
                 + "; the file was delivered and will not be sent again",
             )
             return Verdict.RETRY
+        if state == "replaced":
+            self._journal.done(record.id, "replaced", self._clock.now())
+            self._log.info(
+                "file_replaced_after_delivery",
+                file=record.path,
+                action="the new version at that path will be delivered too",
+            )
+            return Verdict.REPLACED
         self._journal.done(record.id, destination, self._clock.now())
         self._log.info(
             "file_delivered",
@@ -96,17 +113,23 @@ class Outcomes:
             destination=destination,
             seconds=round(duration, 3) if duration is not None else None,
         )
+        if action.action != "keep" and os.path.lexists(path):
+            return Verdict.REPLACED  # a new version arrived while the old one was moved
         return Verdict.SETTLED
 
-    async def give_up(self, record: FileRecord, error: DeliveryError, attempts: int) -> Verdict:
+    async def give_up(
+        self, record: FileRecord, error: DeliveryError, attempts: int, sent: Identity | None = None
+    ) -> Verdict:
         """Move the file to ``failed_dir`` with the reason beside it; the journal says ``failed``."""
         now = self._clock.now()
         message = self._redactor.scrub(error.message)
         path = self._target.folder / record.path
-        state = _compare(path, record)
+        state = _compare(path, record, sent)
         destination: str | None = state  # "replaced" or "vanished" unless the move below decides
         if state == "same":
-            destination = await self._park(record, error, attempts, message, now)
+            destination = await self._park(record, error, attempts, message, now, sent)
+            if destination == "replaced":
+                state = "replaced"
         self._journal.failed(record.id, message, error.status, destination, now)
         failure = {
             "file": record.path,
@@ -125,7 +148,13 @@ class Outcomes:
         return Verdict.SETTLED
 
     async def _park(
-        self, record: FileRecord, error: DeliveryError, attempts: int, message: str, now: float
+        self,
+        record: FileRecord,
+        error: DeliveryError,
+        attempts: int,
+        message: str,
+        now: float,
+        sent: Identity | None,
     ) -> str | None:
         """Move the file and its sidecar into failed_dir; ``None`` if it had to stay."""
         report: dict[str, Any] = {
@@ -142,7 +171,9 @@ class Outcomes:
         report = dict(self._redactor(None, "sidecar", report))
         path = self._target.folder / record.path
         try:
-            return str(await _move(fail, path, self._target.failed_dir, record.path, report))
+            return str(await _move(fail, path, self._target.failed_dir, record.path, report, expect=sent))
+        except FileChangedError:
+            return "replaced"
         except SidecarError as sidecar_error:
             self._log.error(
                 "failed_sidecar_unwritten",
@@ -174,20 +205,22 @@ class Outcomes:
         return f"check {folders}"
 
 
-async def _move(mover: Callable[..., Path], *arguments: Any) -> Path:
+async def _move(mover: Callable[..., Path], *arguments: Any, **options: Any) -> Path:
     """Run ``archive``/``fail`` with a hard link on the loop; a copy goes to a thread."""
     try:
-        return mover(*arguments, allow_copy=False)
+        return mover(*arguments, allow_copy=False, **options)
     except CopyNeededError:
-        return await asyncio.to_thread(mover, *arguments)
+        return await asyncio.to_thread(functools.partial(mover, *arguments, **options))
 
 
-def _compare(path: Path, record: FileRecord) -> str:
+def _compare(path: Path, record: FileRecord, sent: Identity | None) -> str:
     """ "same", "vanished" or "replaced": is the delivered version still at ``path``?"""
     try:
         info = os.lstat(path)
     except FileNotFoundError:
         return "vanished"
-    if not stat.S_ISREG(info.st_mode) or (info.st_size, info.st_mtime_ns) != (record.size, record.mtime_ns):
+    if not stat.S_ISREG(info.st_mode):
         return "replaced"
-    return "same"
+    if sent is not None:
+        return "same" if identity(info) == sent else "replaced"
+    return "same" if (info.st_size, info.st_mtime_ns) == (record.size, record.mtime_ns) else "replaced"

@@ -41,6 +41,7 @@ from uploader_daemon.config.upload import ApiStep
 from uploader_daemon.delivery.facts import file_facts
 from uploader_daemon.delivery.run import Delivery, uses_sha256
 from uploader_daemon.delivery.steps import StepContext
+from uploader_daemon.drop_folder import DropFolder
 from uploader_daemon.errors import (
     AuthRejectedError,
     DeliveryError,
@@ -48,6 +49,7 @@ from uploader_daemon.errors import (
     PermanentDeliveryError,
     TransientDeliveryError,
 )
+from uploader_daemon.file_moves import Identity, identity
 from uploader_daemon.journal import FileRecord, Journal
 from uploader_daemon.logs import Redactor, get_logger
 from uploader_daemon.outcomes import Outcomes, Verdict
@@ -73,6 +75,7 @@ class TargetWorkers:
         # Error messages can quote a server's answer, which may echo the token it was sent.
         self._redactor = redactor or Redactor()
         self._outcomes = Outcomes(target, journal, clock, self._redactor)
+        self._folder = DropFolder(target)
         self._journal = journal
         self._clock = clock
         self._credential = credential
@@ -176,15 +179,16 @@ class TargetWorkers:
         task.add_done_callback(self._worker_ended)
 
     def _worker_ended(self, task: asyncio.Task[None]) -> None:
-        """A worker may only end on stop; if one dies anyway, say so and replace it."""
-        if self._stopping or task.cancelled():
+        """A worker may only end on stop; if one ends anyway, say so and replace it."""
+        if self._stopping:
             return
-        self._workers.pop(task, None)
+        record_id = self._workers.pop(task, None)
+        reason = "cancelled" if task.cancelled() else str(task.exception())
         self._log.critical(
-            "worker_died",
-            error=str(task.exception()),
-            action="starting a replacement; please report this with the log",
+            "worker_died", error=reason, action="starting a replacement; please report this with the log"
         )
+        if record_id is not None:
+            self._later(record_id, self._scheduled.get(record_id, ""), self._target.retry.backoff)
         self._spawn()
 
     async def _work(self) -> None:
@@ -199,6 +203,7 @@ class TargetWorkers:
             try:
                 await self._process(record_id)
             except asyncio.CancelledError:
+                # The record stays attached to this task, so _worker_ended can requeue it.
                 with contextlib.suppress(Exception):
                     self._journal.interrupted(record_id, self._clock.now())
                 raise
@@ -206,14 +211,18 @@ class TargetWorkers:
                 self._log.error("worker_error", error=str(error), error_type=type(error).__name__)
                 self._log.debug("worker_traceback", exc_info=True)
                 await self._after_internal_error(record_id, error)
-            finally:
-                self._workers[current] = None
+            self._workers[current] = None
 
     async def _process(self, record_id: int) -> None:
         record = self._journal.get(record_id)
         if record.state == "delivered":
             await self._file_away(record)
             return
+        if record.state == "uploading":
+            # Never in flight twice in one process: an attempt whose bookkeeping failed
+            # (the journal's disk was full) left it so. Go again, from its checkpoint.
+            self._journal.interrupted(record.id, self._clock.now())
+            record = self._journal.get(record_id)
         if record.state != "pending":
             self._unschedule(record_id)
             return
@@ -240,9 +249,7 @@ class TargetWorkers:
         """
         bound = self._log.bind(file=record.path)
         try:
-            descriptor = os.open(
-                self._target.folder / record.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
-            )
+            descriptor = self._folder.open(record.path)
         except FileNotFoundError:
             self._forget(record, "file_vanished", "removed from the drop folder before delivery")
             return None
@@ -257,9 +264,9 @@ class TargetWorkers:
                 )
             return None
         except OSError as error:
-            if error.errno != errno.ELOOP:
+            if error.errno not in (errno.ELOOP, errno.ENOTDIR):
                 raise
-            self._forget(record, "symlink_skipped", "replaced by a symlink; symlinks are never followed")
+            self._forget(record, "symlink_skipped", "it or a folder on its way became a symlink")
             return None
         self._unreadable.discard(record.path)
         info = os.fstat(descriptor)
@@ -312,13 +319,13 @@ class TargetWorkers:
                 attempt=record.attempts + 1,
                 action="token discarded; retrying after a fresh login",
             )
-            await self._retry(record, error, logged=True)
+            await self._retry(record, error, logged=True, sent=identity(opened))
             return
         except PermanentDeliveryError as error:
-            await self._give_up(record, error, attempts=record.attempts + 1)
+            await self._give_up(record, error, attempts=record.attempts + 1, sent=identity(opened))
             return
         except DeliveryError as error:
-            await self._retry(record, error)
+            await self._retry(record, error, sent=identity(opened))
             return
         # The journal says "delivered" from here on (the last step's checkpoint).
         self._activity.touch()
@@ -332,27 +339,28 @@ class TargetWorkers:
             )
             self.on_changed(record.path)
             return
-        await self._file_away(record, duration=self._clock.now() - started)
+        await self._file_away(record, duration=self._clock.now() - started, sent=identity(opened))
 
     # --- outcomes --------------------------------------------------------------------
 
-    async def _file_away(self, record: FileRecord, duration: float | None = None) -> None:
-        verdict = await self._outcomes.file_away(record, duration)
+    async def _file_away(
+        self, record: FileRecord, duration: float | None = None, sent: Identity | None = None
+    ) -> None:
+        verdict = await self._outcomes.file_away(record, duration, sent)
         if verdict is Verdict.RETRY:
-            failures = self._filing_failures.get(record.id, 0) + 1
-            self._filing_failures[record.id] = failures
-            delay = backoff_delay(failures, self._target.retry.backoff, self._target.retry.max_backoff)
-            self._later(record.id, record.path, delay, filing=True)
+            self._retry_filing(record)
             return
         self._unschedule(record.id)
         if verdict is Verdict.REPLACED:
             self.on_changed(record.path)
 
-    async def _retry(self, record: FileRecord, error: DeliveryError, *, logged: bool = False) -> None:
+    async def _retry(
+        self, record: FileRecord, error: DeliveryError, *, logged: bool = False, sent: Identity | None = None
+    ) -> None:
         message = self._redactor.scrub(error.message)
         attempts = self._journal.retry_later(record.id, message, error.status, self._clock.now())
         if attempts >= self._target.retry.attempts:
-            await self._give_up(self._journal.get(record.id), error, attempts=attempts)
+            await self._give_up(self._journal.get(record.id), error, attempts=attempts, sent=sent)
             return
         retry_after = error.retry_after if isinstance(error, TransientDeliveryError) else None
         delay = backoff_delay(
@@ -371,18 +379,22 @@ class TargetWorkers:
             )
         self._later(record.id, record.path, delay)
 
-    async def _give_up(self, record: FileRecord, error: DeliveryError, *, attempts: int) -> None:
-        verdict = await self._outcomes.give_up(record, error, attempts)
+    async def _give_up(
+        self, record: FileRecord, error: DeliveryError, *, attempts: int, sent: Identity | None = None
+    ) -> None:
+        verdict = await self._outcomes.give_up(record, error, attempts, sent)
         self._unschedule(record.id)
         if verdict is Verdict.REPLACED:
             self.on_changed(record.path)
 
     async def _after_internal_error(self, record_id: int, error: Exception) -> None:
         """Retry after an unexpected error, without ever raising (the journal may be the cause)."""
+        filing = record_id in self._filing
         try:
             record = self._journal.get(record_id)
-            if record.state == "delivered":
-                self._later(record_id, record.path, self._target.retry.backoff, filing=True)
+            filing = record.state == "delivered"
+            if filing:
+                self._retry_filing(record)
             elif record.state in ("pending", "uploading"):
                 await self._retry(record, TransientDeliveryError(f"internal error: {error}"))
         except Exception as second:
@@ -392,7 +404,14 @@ class TargetWorkers:
                 action=f"trying the file again in {self._target.retry.max_backoff:g}s",
             )
             path = self._scheduled.get(record_id, "")
-            self._later(record_id, path, self._target.retry.max_backoff)
+            self._later(record_id, path, self._target.retry.max_backoff, filing=filing)
+
+    def _retry_filing(self, record: FileRecord) -> None:
+        """Try the after_upload action again later, backing off per record."""
+        failures = self._filing_failures.get(record.id, 0) + 1
+        delay = backoff_delay(failures, self._target.retry.backoff, self._target.retry.max_backoff)
+        self._later(record.id, record.path, delay, filing=True)
+        self._filing_failures[record.id] = failures
 
     def _forget(self, record: FileRecord, event: str, reason: str) -> None:
         self._journal.gone(record.id, self._clock.now())

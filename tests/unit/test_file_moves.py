@@ -6,6 +6,7 @@ import errno
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -265,3 +266,36 @@ def test_a_sidecar_that_cannot_be_written_is_reported_with_where_the_file_went(
         fail(dropped(drop, "a.csv"), tmp_path / "failed", "a.csv", {"error": "x"})
     assert tmp_path / "failed" / "a.csv" == caught.value.destination
     assert caught.value.destination.exists()
+
+
+def test_a_path_that_now_leads_to_another_file_is_not_moved(drop: Path, tmp_path: Path) -> None:
+    """With the delivered file's identity given, a different file at the path stays where it is."""
+    source = dropped(drop, "a.csv")
+    delivered = file_moves.identity(os.lstat(source))
+    source.unlink()
+    source.write_text("a newer version")
+    with pytest.raises(file_moves.FileChangedError):
+        archive(source, tmp_path / "sent", "a.csv", expect=delivered)
+    assert "a newer version" == source.read_text(encoding="utf-8")
+    assert names(tmp_path / "sent") == []
+
+
+def test_a_new_version_arriving_during_a_long_copy_stays_in_the_drop_folder(
+    drop: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The copy goes to the archive; the name, now holding a new version, is left alone."""
+    _link_failing(monkeypatch, failures=None)
+    source = dropped(drop, "a.csv")
+    delivered = file_moves.identity(os.lstat(source))
+    real_copy = file_moves.shutil.copyfileobj
+
+    def copy_while_replaced(reader: Any, writer: Any, length: int = 0) -> None:
+        newer = drop / "a.csv.incoming"
+        newer.write_text("version two")
+        newer.rename(source)  # what a producer does mid-copy
+        real_copy(reader, writer, length)
+
+    monkeypatch.setattr(file_moves.shutil, "copyfileobj", copy_while_replaced)
+    destination = archive(source, tmp_path / "sent", "a.csv", expect=delivered)
+    assert "new content" == destination.read_text(encoding="utf-8")
+    assert "version two" == source.read_text(encoding="utf-8")

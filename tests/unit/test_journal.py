@@ -145,7 +145,7 @@ def test_a_file_rewritten_while_pending_gets_its_new_size_and_a_fresh_start(jour
     assert updated.id == record.id
     assert (updated.size, updated.mtime_ns, updated.updated_at) == (20, 2, T0 + 9)
     assert (updated.next_step, updated.step_in_flight, updated.outputs) == (0, None, {})
-    assert updated.attempts == 1
+    assert updated.attempts == 0  # the new content gets every attempt again
 
 
 def test_a_file_in_flight_or_delivered_is_not_admitted(journal: Journal) -> None:
@@ -430,3 +430,42 @@ def _exists(journal: Journal, record_id: int) -> bool:
     except KeyError:
         return False
     return True
+
+
+def test_a_journal_written_by_the_first_schema_is_upgraded_with_its_rows(journal_path: Path) -> None:
+    """Upgrading the daemon keeps every file it knew: the journal is migrated, not refused."""
+    old = sqlite3.connect(journal_path)
+    old.executescript(
+        """
+        CREATE TABLE files (
+            id INTEGER PRIMARY KEY, target TEXT NOT NULL, path TEXT NOT NULL,
+            size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, state TEXT NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0, next_step INTEGER NOT NULL DEFAULT 0,
+            step_in_flight INTEGER, outputs TEXT NOT NULL DEFAULT '{}', last_error TEXT,
+            last_status INTEGER, destination TEXT, discovered_at REAL NOT NULL,
+            updated_at REAL NOT NULL
+        );
+        CREATE INDEX files_by_state ON files (target, state);
+        INSERT INTO files (target, path, size, mtime_ns, state, discovered_at, updated_at)
+            VALUES ('reports', 'waiting.csv', 3, 1, 'pending', 0, 0);
+        PRAGMA user_version=1;
+        """
+    )
+    old.close()
+
+    journal = Journal.open(journal_path)
+    try:
+        [record] = journal.unfinished("reports")
+        journal.step_started(record.id, 0, "plan", T0)
+        assert ("waiting.csv", "plan") == (record.path, journal.get(record.id).plan)
+    finally:
+        journal.close()
+
+
+def test_a_new_version_of_a_waiting_file_gets_the_full_number_of_attempts(journal: Journal) -> None:
+    """Attempts spent on the old content are not charged to the new one."""
+    record = admitted(journal)
+    journal.retry_later(record.id, "503", 503, T0 + 1)
+    updated = journal.admit("reports", record.path, record.size + 1, record.mtime_ns + 1, T0 + 2)
+    assert updated is not None
+    assert (0, None) == (updated.attempts, updated.last_error)

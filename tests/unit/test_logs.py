@@ -257,14 +257,14 @@ def test_registered_secret_values_are_cut_out_of_any_text() -> None:
 
 def test_the_longest_overlapping_secret_is_cut_whole() -> None:
     """A token that contains a shorter secret leaves no tail behind."""
-    redactor = Redactor(["abcd", "abcd-efgh-ijkl"])
-    assert redactor.scrub("x abcd-efgh-ijkl y abcd") == f"x {REDACTED} y {REDACTED}"
+    redactor = Redactor(["abcdef", "abcdef-ghij-klmn-opqr"])
+    assert redactor.scrub("x abcdef-ghij-klmn-opqr y abcdef") == f"x {REDACTED} y {REDACTED}"
 
 
 def test_very_short_values_are_not_registered_as_secrets() -> None:
     """Blanking every "ab" in the logs would ruin them and protect nothing."""
-    redactor = Redactor(["ab", ""])
-    assert redactor.scrub("a tab and a cab") == "a tab and a cab"
+    redactor = Redactor(["ab", "abcde", ""])
+    assert redactor.scrub("a tab, a cab and abcde") == "a tab, a cab and abcde"
 
 
 @pytest.mark.parametrize(
@@ -503,11 +503,32 @@ def test_redact_structure_leaves_scalars_and_the_original_alone() -> None:
     assert ("a", {"policy": REDACTED}) == redact_structure(("a", {"policy": "p"}))
 
 
-def test_only_the_most_recent_tokens_are_kept_for_scrubbing() -> None:
-    """Months of refreshes do not grow the redactor without bound; passwords stay for good."""
+def test_only_each_credentials_most_recent_tokens_are_kept_for_scrubbing() -> None:
+    """Months of refreshes do not grow the redactor; one target's renewals never evict another's."""
     redactor = Redactor(["the-password"])
+    redactor.add_token("target-b-token-0001", "b")
+    redactor.add_token("refresh-token-of-a", "a/refresh")
     for number in range(40):
-        redactor.add_token(f"token-number-{number:04}")
+        redactor.add_token(f"token-number-{number:04}", "a")
     assert REDACTED == redactor.scrub("the-password")
     assert REDACTED == redactor.scrub("token-number-0039")
+    assert REDACTED == redactor.scrub("target-b-token-0001")
+    assert REDACTED == redactor.scrub("refresh-token-of-a")
     assert "token-number-0000" == redactor.scrub("token-number-0000")
+
+
+def test_a_word_like_password_is_cut_only_where_it_stands_alone() -> None:
+    """A short password inside a path or a name is left alone: cutting it would point at it."""
+    redactor = Redactor(["uploader"])
+    assert "/srv/drop/uploader-exports and sudo -u uploader-daemon" == redactor.scrub(
+        "/srv/drop/uploader-exports and sudo -u uploader-daemon"
+    )
+    assert f'{{"password": "{REDACTED}"}} and user={REDACTED}&x' == redactor.scrub(
+        '{"password": "uploader"} and user=uploader&x'
+    )
+
+
+def test_prose_after_basic_or_bearer_is_not_taken_for_a_credential() -> None:
+    """ "Basic authentication required" stays readable; real credentials after it do not."""
+    assert "Basic authentication required" == Redactor().scrub("Basic authentication required")
+    assert f"Basic {REDACTED}" == Redactor().scrub("Basic dXNlcjpwYXNzd29yZA==")

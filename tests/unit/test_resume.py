@@ -407,3 +407,16 @@ def test_a_checkpoint_of_another_step_list_is_not_trusted(journal: Journal, fact
         create, storage, confirm = routes(router)
         deliver(runrun_steps(), journal, journal.get(record.id), facts)
     assert (1, 1, 1) == (create.call_count, storage.call_count, confirm.call_count)
+
+
+def test_tuning_a_poll_keeps_checkpoints_valid() -> None:
+    """A longer deadline or interval is not a different step list: no upload is repeated."""
+    from uploader_daemon.config.upload import PresignedStatusUpload
+
+    def preset(deadline: str) -> Sequence[Step]:
+        return PresignedStatusUpload.model_validate(
+            {"type": "presigned_with_status", "poll": {"interval": "1s", "deadline": deadline}}
+        ).steps
+
+    assert plan_of(preset("10m")) == plan_of(preset("1h"))
+    assert plan_of(preset("10m")) != plan_of(runrun_steps())

@@ -106,9 +106,9 @@ class ManagedTokenCredential:
         grant = self._store.load()
         if grant is None or not self._usable(grant):
             return
-        self._redactor.add_token(grant.token)
+        self._redactor.add_token(grant.token, self._target)
         if grant.refresh_token:
-            self._redactor.add_token(grant.refresh_token)
+            self._redactor.add_token(grant.refresh_token, f"{self._target}/refresh")
         self._grant = grant
         self._generation += 1
         self._log.info("token_restored", expires_at=_iso(grant.expires_at))
@@ -209,7 +209,7 @@ class ManagedTokenCredential:
         # not be handed out, and logging in again at once would hammer the API: it counts
         # as a failed login, so the backoff applies.
         if not self._usable(grant):
-            self._redactor.add_token(grant.token)
+            self._redactor.add_token(grant.token, self._target)
             raise TokenRequestError(
                 f"the login answered with a token that expired at {_iso(grant.expires_at)}, before it "
                 "could be used; check that this host's clock and the API's agree"
@@ -217,11 +217,11 @@ class ManagedTokenCredential:
         return grant
 
     def _accept(self, grant: TokenGrant, event: str) -> None:
-        # Register before anything could log it; old tokens stay registered because a
-        # late error message may still quote them.
-        self._redactor.add_token(grant.token)
+        # Register before anything could log it; the previous few stay registered
+        # because a late error message may still quote them.
+        self._redactor.add_token(grant.token, self._target)
         if grant.refresh_token:
-            self._redactor.add_token(grant.refresh_token)
+            self._redactor.add_token(grant.refresh_token, f"{self._target}/refresh")
         elif self._grant is not None and self._grant.refresh_token:
             # Cognito's refresh answer carries no new refresh token: keep the old one.
             grant = TokenGrant(grant.token, grant.expires_at, grant.obtained_at, self._grant.refresh_token)

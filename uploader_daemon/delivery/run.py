@@ -11,8 +11,8 @@ Where an interrupted delivery resumes (after a crash or a failed attempt):
   login) did not take effect: the next attempt sends that step again;
 - a storage that says the grant expired restarts the delivery at once (a few times),
   without counting a failed attempt;
-- a checkpoint written for another step list (the config changed) is not trusted:
-  the delivery starts over.
+- a checkpoint written for another step list (steps added, removed, renamed,
+  re-addressed) is not trusted: the delivery starts over. Tuning a step keeps it.
 """
 
 from __future__ import annotations
@@ -55,8 +55,25 @@ def resume_point(steps: Sequence[Step], next_step: int, step_in_flight: int | No
 
 
 def plan_of(steps: Sequence[Step]) -> str:
-    """A short fingerprint of a step list, stored with each checkpoint."""
-    described = json.dumps([step.model_dump(mode="json") for step in steps], sort_keys=True)
+    """A short fingerprint of what each step is, stored with each checkpoint.
+
+    Only what identifies a step (kind, name, method, address, credential) counts:
+    tuning a poll's interval or deadline, or an output folder, keeps checkpoints valid,
+    so a restart after such an edit does not send anything twice.
+    """
+    described = json.dumps(
+        [
+            [
+                step.kind,
+                step.name,
+                getattr(step, "method", "POST"),
+                getattr(step, "path", None),
+                step.url,
+                step.credential,
+            ]
+            for step in steps
+        ]
+    )
     return hashlib.sha256(described.encode()).hexdigest()[:16]
 
 
