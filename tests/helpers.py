@@ -7,8 +7,12 @@ until a deadline, and the daemon runners wait on events.
 from __future__ import annotations
 
 import asyncio
+import base64
+import functools
+import json
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import textwrap
@@ -27,6 +31,43 @@ from uploader_daemon.secrets import secret_values
 
 DEFAULT_TIMEOUT = 15.0
 _POLL = 0.01
+
+
+@functools.cache
+def tls() -> ssl.SSLContext:
+    """One TLS context for every test client: building one per client is slow."""
+    return ssl.create_default_context()
+
+
+def unsigned_jwt(claims: dict[str, object]) -> str:
+    """A JWT-shaped token built by hand: ``header.payload.`` with no signature."""
+
+    def part(value: object) -> str:
+        return base64.urlsafe_b64encode(json.dumps(value).encode()).rstrip(b"=").decode()
+
+    return f"{part({'alg': 'none', 'typ': 'JWT'})}.{part(claims)}."
+
+
+class FakeClock:
+    """Wall time that moves only when a test says so.
+
+    Thread-safe, since the daemon's loop thread and the emulator read it; also a plain
+    callable for ``EmulatorSettings(clock=...)``.
+    """
+
+    def __init__(self, start: float | None = None) -> None:
+        self._now = time.time() if start is None else start
+        self._lock = threading.Lock()
+
+    def now(self) -> float:
+        with self._lock:
+            return self._now
+
+    __call__ = now
+
+    def advance(self, seconds: float) -> None:
+        with self._lock:
+            self._now += seconds
 
 
 def wait_until(condition: Callable[[], object], timeout: float = DEFAULT_TIMEOUT, message: str = "") -> None:

@@ -10,8 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +18,7 @@ import pytest
 import structlog
 
 from tests.conftest import PASSWORD
-from tests.helpers import DaemonThread, load, running_daemon, wait_until
+from tests.helpers import DaemonThread, FakeClock, load, running_daemon, wait_until
 from uploader_daemon.auth import ManagedTokenCredential
 from uploader_daemon.config import Config
 from uploader_daemon.emulator import Emulator, EmulatorSettings, ScriptedResponse
@@ -29,22 +27,6 @@ from uploader_daemon.journal import TargetCounts
 TIMEOUT = 20.0
 TARGET = "reports"
 ENVIRON = {"UPLOADER_PASSWORD": PASSWORD}
-
-
-class FakeClock:
-    """Wall time that moves only when the test says so; shareable with the emulator."""
-
-    def __init__(self, start: float | None = None) -> None:
-        self._now = time.time() if start is None else start
-        self._lock = threading.Lock()
-
-    def now(self) -> float:
-        with self._lock:
-            return self._now
-
-    def advance(self, seconds: float) -> None:
-        with self._lock:
-            self._now += seconds
 
 
 def flow_t_config(emulator: Emulator, folders: dict[str, Path], **overrides: object) -> Config:

@@ -17,43 +17,17 @@ from pathlib import Path
 from typing import Any
 
 from tests.helpers import DaemonProcess, wait_until, write_config
+from tests.integration import test_flow_g as flow_g
 from tests.integration.conftest import CognitoPool
 from tests.integration.gateway import Gateway
 
 TIMEOUT = 20.0
-STAGE = "/alphav2"
 # Any JWT (the access token, the id token) in whatever text.
 JWT_SHAPED = re.compile(r"eyJ[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{10,}")
-CONFIG = """
-    state_dir: {state}
-    log: {{level: debug, format: json}}
-    shutdown_grace: 1s
-    targets:
-      - name: clips
-        folder: {drop}
-        settle: 0s
-        watch: {{rescan_every: 1h}}
-        retry: {{attempts: 3, backoff: 50ms, max_backoff: 100ms}}
-        after_upload: {{action: archive, archive_dir: {sent}}}
-        failed_dir: {failed}
-        api: {{base_url: "{base_url}", timeout: 10s}}
-        auth:
-          type: cognito
-          region: {region}
-          user_pool_id: {user_pool_id}
-          client_id: {client_id}
-          username: {username}
-          password: {{env: COGNITO_PASSWORD}}
-          endpoint_url: "{moto_url}"
-          token: access
-          refresh: {{check_every: 1h, before_expiry: 5m, active_within: 30m}}
-          header: "TOK:{{token}}"
-        upload:
-          type: gateway_presigned
-          path: /live/uploadclip/
-          folder: video
-          upload_key: "{{file.name}}"
-"""
+# Flow G's test config, run as a process at debug level with JSON lines.
+CONFIG = flow_g.CONFIG.replace(
+    "    state_dir: {state}\n", "    state_dir: {state}\n    log: {{level: debug, format: json}}\n"
+)
 
 
 def recording_answers(gateway: Gateway) -> list[dict[str, Any]]:
@@ -90,12 +64,14 @@ def test_flow_g_at_debug_level_logs_no_password_token_or_presigned_signature(
         drop=folders["drop"],
         sent=folders["sent"],
         failed=folders["failed"],
-        base_url=gateway.url + STAGE,
+        base_url=gateway.url + flow_g.STAGE,
         region=pool.region,
         user_pool_id=pool.user_pool_id,
         client_id=pool.client_id,
         username=pool.username,
         moto_url=moto_url,
+        before_expiry="5m",
+        active_within="30m",
     )
     daemon = DaemonProcess(config, tmp_path / "daemon.log", {"COGNITO_PASSWORD": pool.password})
     try:

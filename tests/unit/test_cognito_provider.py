@@ -19,6 +19,7 @@ import boto3
 import pytest
 from moto.server import ThreadedMotoServer
 
+from tests.helpers import FakeClock
 from uploader_daemon.activity import ApiActivity
 from uploader_daemon.auth.cognito import CognitoProvider
 from uploader_daemon.auth.grant import TokenGrant, jwt_claims
@@ -33,19 +34,6 @@ REGION = "us-east-1"
 PASSWORD = "Corr3ct-Horse-Battery!"
 START = 1_700_000_000.0
 FLOWS = ["ALLOW_USER_SRP_AUTH", "ALLOW_REFRESH_TOKEN_AUTH"]
-
-
-class FakeClock:
-    """Wall time that only moves when a test says so."""
-
-    def __init__(self, start: float = START) -> None:
-        self.time = start
-
-    def now(self) -> float:
-        return self.time
-
-    def advance(self, seconds: float) -> None:
-        self.time += seconds
 
 
 @dataclass(frozen=True)
@@ -142,11 +130,11 @@ def settings(pool: UserPool, **overrides: Any) -> CognitoAuth:
 
 
 def login(auth: CognitoAuth, clock: FakeClock | None = None) -> TokenGrant:
-    return asyncio.run(CognitoProvider(auth, clock or FakeClock(), timeout=5).login())
+    return asyncio.run(CognitoProvider(auth, clock or FakeClock(START), timeout=5).login())
 
 
 def refresh(auth: CognitoAuth, grant: TokenGrant, clock: FakeClock | None = None) -> TokenGrant:
-    return asyncio.run(CognitoProvider(auth, clock or FakeClock(), timeout=5).refresh(grant))
+    return asyncio.run(CognitoProvider(auth, clock or FakeClock(START), timeout=5).refresh(grant))
 
 
 def request_error(call: Any) -> TokenRequestError:
@@ -166,7 +154,7 @@ def closed_port() -> int:
 
 def test_login_returns_an_access_token_a_refresh_token_and_an_expiry(pool: UserPool) -> None:
     """SRP login gives the access token, its refresh token, and ``ExpiresIn`` from the send time."""
-    clock = FakeClock()
+    clock = FakeClock(START)
 
     grant = login(settings(pool), clock)
 
@@ -297,7 +285,7 @@ def test_the_credential_keeps_refreshing_with_the_original_refresh_token(
     pool: UserPool, tmp_path: Path
 ) -> None:
     """Across refreshes (which carry no new refresh token) and a restart, renewal keeps working."""
-    clock = FakeClock()
+    clock = FakeClock(START)
     activity = ApiActivity(clock)
     auth = settings(pool)
 

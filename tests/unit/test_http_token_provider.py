@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import base64
-import functools
 import json
-import ssl
 from collections.abc import Iterator
 from typing import Any
 
@@ -14,6 +11,7 @@ import httpx
 import pytest
 import respx
 
+from tests.helpers import FakeClock, tls, unsigned_jwt
 from uploader_daemon.auth.grant import TokenGrant
 from uploader_daemon.auth.http_token import HttpTokenProvider
 from uploader_daemon.config.auth import TokenAuth
@@ -22,34 +20,6 @@ from uploader_daemon.errors import TokenRequestError
 BASE_URL = "https://api.example.test"
 PASSWORD = 'pa55-w0rd-"quoted"\\'
 START = 1_700_000_000.0
-
-
-class FakeClock:
-    """Wall time that only moves when a test says so."""
-
-    def __init__(self, start: float = START) -> None:
-        self.time = start
-
-    def now(self) -> float:
-        return self.time
-
-    def advance(self, seconds: float) -> None:
-        self.time += seconds
-
-
-@functools.cache
-def tls() -> ssl.SSLContext:
-    """One TLS context for every client: building one per client is most of a test's time."""
-    return ssl.create_default_context()
-
-
-def unsigned_jwt(claims: dict[str, object]) -> str:
-    """A JWT-shaped token built by hand: ``header.payload.`` with no signature."""
-
-    def part(value: object) -> str:
-        return base64.urlsafe_b64encode(json.dumps(value).encode()).rstrip(b"=").decode()
-
-    return f"{part({'alg': 'none', 'typ': 'JWT'})}.{part(claims)}."
 
 
 def token_auth(**overrides: Any) -> TokenAuth:
@@ -66,7 +36,7 @@ def token_auth(**overrides: Any) -> TokenAuth:
 @pytest.fixture
 def clock() -> FakeClock:
     """The fake wall clock the provider reads its send times from."""
-    return FakeClock()
+    return FakeClock(START)
 
 
 @pytest.fixture
@@ -455,7 +425,7 @@ def test_a_refresh_that_cannot_be_sent_is_a_request_error(api: respx.MockRouter,
 def test_a_provider_can_refresh_only_with_a_refresh_path(refresh: dict[str, str], can_refresh: bool) -> None:
     """Without ``refresh.path`` (flow C) renewal is a new login."""
     client = httpx.AsyncClient(verify=tls())
-    provider = HttpTokenProvider(token_auth(refresh=refresh), BASE_URL, client, FakeClock())
+    provider = HttpTokenProvider(token_auth(refresh=refresh), BASE_URL, client, FakeClock(START))
 
     assert can_refresh == provider.can_refresh
     asyncio.run(client.aclose())

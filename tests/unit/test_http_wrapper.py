@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
-import functools
-import ssl
 from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
 import respx
 
+from tests.helpers import tls
 from uploader_daemon.errors import (
     AuthRejectedError,
     InvalidRequestError,
@@ -30,12 +29,6 @@ from uploader_daemon.http import (
 )
 
 API = "https://api.example.test"
-
-
-@functools.cache
-def tls() -> ssl.SSLContext:
-    """One TLS context for every client here: building one per client costs ~80 ms."""
-    return httpx.create_ssl_context()
 
 
 def answer(status: int, body: bytes = b"", headers: dict[str, str] | None = None) -> httpx.Response:

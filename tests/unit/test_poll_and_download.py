@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 import gzip
 import os
-import ssl
 import threading
 from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
@@ -16,6 +14,7 @@ import httpx
 import pytest
 import respx
 
+from tests.helpers import FakeClock, tls
 from uploader_daemon import file_moves
 from uploader_daemon.activity import ApiActivity
 from uploader_daemon.auth.base import StaticCredential
@@ -40,17 +39,6 @@ from uploader_daemon.logs import REDACTED
 API = "https://convert.example.test"
 ORIGIN = ("https", "convert.example.test", None)
 TOKEN_HEADERS = {"Authorization": "Bearer t0k3n-value"}
-
-
-@functools.cache
-def tls() -> ssl.SSLContext:
-    """One TLS context for every client here: building one per client costs ~80 ms."""
-    return httpx.create_ssl_context()
-
-
-class FakeClock:
-    def now(self) -> float:
-        return 1_700_000_000.0
 
 
 def payload_file(tmp_path: Path, name: str = "clip.mov", content: bytes = b"movie") -> FileFacts:

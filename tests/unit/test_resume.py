@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import email.parser
 import email.policy
-import functools
-import ssl
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -15,6 +13,7 @@ import httpx
 import pytest
 import respx
 
+from tests.helpers import FakeClock, tls
 from uploader_daemon.activity import ApiActivity
 from uploader_daemon.auth.base import StaticCredential
 from uploader_daemon.config.upload import (
@@ -36,22 +35,6 @@ BUCKET = "https://bucket.s3.example.test"
 EXPIRED = (
     b"<Error><Code>AccessDenied</Code><Message>Invalid according to Policy: Policy expired.</Message></Error>"
 )
-
-
-@functools.cache
-def tls() -> ssl.SSLContext:
-    """One TLS context for every client here: building one per client costs ~80 ms."""
-    return httpx.create_ssl_context()
-
-
-class FakeClock:
-    """A wall clock that moves only when told."""
-
-    def __init__(self, now: float = 1_700_000_000.0) -> None:
-        self.current = now
-
-    def now(self) -> float:
-        return self.current
 
 
 def runrun_steps() -> tuple[Step, ...]:

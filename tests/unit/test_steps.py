@@ -5,9 +5,7 @@ from __future__ import annotations
 import asyncio
 import email.parser
 import email.policy
-import functools
 import json
-import ssl
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -16,6 +14,7 @@ import httpx
 import pytest
 import respx
 
+from tests.helpers import FakeClock, tls
 from uploader_daemon.activity import ApiActivity
 from uploader_daemon.auth.base import AuthHeaders
 from uploader_daemon.config.upload import MultipartStep, MultipartUpload, RequestStep, Step
@@ -31,22 +30,6 @@ from uploader_daemon.errors import (
 API = "https://api.example.test/v1"
 ORIGIN = ("https", "api.example.test", None)
 TOKEN = "t0k3n-value"
-
-
-@functools.cache
-def tls() -> ssl.SSLContext:
-    """One TLS context for every client here: building one per client costs ~80 ms."""
-    return httpx.create_ssl_context()
-
-
-class FakeClock:
-    """A wall clock that stands still."""
-
-    def __init__(self, now: float = 1_700_000_000.0) -> None:
-        self.current = now
-
-    def now(self) -> float:
-        return self.current
 
 
 class RecordingCredential:

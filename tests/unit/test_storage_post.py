@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import email.parser
 import email.policy
-import functools
-import ssl
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -15,6 +13,7 @@ import httpx
 import pytest
 import respx
 
+from tests.helpers import FakeClock, tls
 from uploader_daemon.activity import ApiActivity
 from uploader_daemon.auth.base import AuthHeaders
 from uploader_daemon.config.upload import RunrunDocumentUpload, StoragePostStep
@@ -47,17 +46,6 @@ SIGV2_FIELDS = {
     "acl": "private",
     "Content-Type": "application/pdf",
 }
-
-
-@functools.cache
-def tls() -> ssl.SSLContext:
-    """One TLS context for every client here: building one per client costs ~80 ms."""
-    return httpx.create_ssl_context()
-
-
-class FakeClock:
-    def now(self) -> float:
-        return 1_700_000_000.0
 
 
 class RecordingCredential:

@@ -7,12 +7,9 @@ a parsed config) and driven with a fake clock; the token API is mocked at the HT
 from __future__ import annotations
 
 import asyncio
-import base64
-import functools
 import io
 import json
 import logging
-import ssl
 import stat
 import textwrap
 from collections.abc import Iterator, MutableMapping
@@ -25,7 +22,7 @@ import respx
 import structlog
 from structlog.testing import capture_logs
 
-from tests.helpers import load
+from tests.helpers import FakeClock, load, tls, unsigned_jwt
 from uploader_daemon.activity import ApiActivity
 from uploader_daemon.auth import (
     AuthHeaders,
@@ -89,34 +86,6 @@ JWT_AUTH = """
       before_expiry: 5m
       active_within: 30m
 """
-
-
-class FakeClock:
-    """Wall time that only moves when a test says so."""
-
-    def __init__(self, start: float = START) -> None:
-        self.time = start
-
-    def now(self) -> float:
-        return self.time
-
-    def advance(self, seconds: float) -> None:
-        self.time += seconds
-
-
-@functools.cache
-def tls() -> ssl.SSLContext:
-    """One TLS context for every client: building one per client is most of a test's time."""
-    return ssl.create_default_context()
-
-
-def unsigned_jwt(claims: dict[str, object]) -> str:
-    """A JWT-shaped token built by hand: ``header.payload.`` with no signature."""
-
-    def part(value: object) -> str:
-        return base64.urlsafe_b64encode(json.dumps(value).encode()).rstrip(b"=").decode()
-
-    return f"{part({'alg': 'none', 'typ': 'JWT'})}.{part(claims)}."
 
 
 class TokenApi:
@@ -193,7 +162,7 @@ class Rig:
 @pytest.fixture
 def clock() -> FakeClock:
     """The fake wall clock every part of the rig reads."""
-    return FakeClock()
+    return FakeClock(START)
 
 
 @pytest.fixture
