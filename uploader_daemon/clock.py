@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import time
 from typing import Protocol
 
@@ -17,3 +18,8 @@ class SystemClock:
 
     def now(self) -> float:
         return time.time()
+
+
+def iso_utc(timestamp: float) -> str:
+    """A wall time as ISO 8601 in UTC, to the second (logs, sidecars, ``status``)."""
+    return datetime.datetime.fromtimestamp(timestamp, datetime.UTC).isoformat(timespec="seconds")

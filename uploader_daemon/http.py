@@ -13,7 +13,7 @@ import email.utils
 import re
 import time
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import SplitResult, urlsplit, urlunsplit
 
 import httpx
 
@@ -173,14 +173,10 @@ def retry_after(response: httpx.Response) -> float | None:
 
 def safe_url(url: str) -> str:
     """``url`` without query string or user info: presigned URLs carry signatures."""
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError:
+    parsed = _split(url)
+    if parsed is None:
         return _cut(url)
-    netloc = _bracketed(parts.hostname or "")
-    if port:
-        netloc += f":{port}"
+    parts, netloc = parsed
     return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
@@ -205,13 +201,19 @@ def join_url(base_url: str, path: str) -> str:
 
 
 def _host(url: str) -> str:
+    parsed = _split(url)
+    return _cut(url) if parsed is None else parsed[1]
+
+
+def _split(url: str) -> tuple[SplitResult, str] | None:
+    """The parts of ``url`` and its ``host[:port]`` without user info; ``None`` if unparsable."""
     try:
         parts = urlsplit(url)
         port = parts.port
     except ValueError:
-        return _cut(url)
-    host = _bracketed(parts.hostname or "")
-    return f"{host}:{port}" if port else host
+        return None
+    netloc = _bracketed(parts.hostname or "")
+    return parts, f"{netloc}:{port}" if port else netloc
 
 
 def _bracketed(host: str) -> str:

@@ -14,7 +14,6 @@ another filesystem runs in a thread.
 from __future__ import annotations
 
 import asyncio
-import datetime
 import enum
 import errno
 import functools
@@ -24,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from uploader_daemon.clock import Clock
+from uploader_daemon.clock import Clock, iso_utc
 from uploader_daemon.config.schema import TargetSettings
 from uploader_daemon.errors import DeliveryError
 from uploader_daemon.file_moves import (
@@ -160,7 +159,7 @@ class Outcomes:
         report: dict[str, Any] = {
             "target": self._target.name,
             "file": record.path,
-            "failed_at": datetime.datetime.fromtimestamp(now, datetime.UTC).isoformat(timespec="seconds"),
+            "failed_at": iso_utc(now),
             "attempts": attempts,
             "step": error.step,
             "status": error.status,

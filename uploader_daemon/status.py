@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from uploader_daemon.clock import iso_utc
 from uploader_daemon.config.schema import Config
 from uploader_daemon.errors import StateDirError
 from uploader_daemon.journal import Journal, TargetCounts
@@ -130,6 +131,4 @@ def _token_expiry(path: Path) -> str | None:
 
 
 def _iso(timestamp: float | None) -> str | None:
-    if timestamp is None:
-        return None
-    return datetime.datetime.fromtimestamp(timestamp, datetime.UTC).isoformat(timespec="seconds")
+    return None if timestamp is None else iso_utc(timestamp)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime
 from collections.abc import Callable
 from typing import Protocol
 
@@ -28,7 +27,7 @@ from uploader_daemon.auth.base import AuthHeaders
 from uploader_daemon.auth.grant import TokenGrant
 from uploader_daemon.auth.store import TokenStore
 from uploader_daemon.backoff import backoff_delay
-from uploader_daemon.clock import Clock
+from uploader_daemon.clock import Clock, iso_utc
 from uploader_daemon.config.auth import RenewalSettings
 from uploader_daemon.config.schema import RetrySettings
 from uploader_daemon.errors import LoginFailedError, TokenRequestError
@@ -111,7 +110,7 @@ class ManagedTokenCredential:
             self._redactor.add_token(grant.refresh_token, f"{self._target}/refresh")
         self._grant = grant
         self._generation += 1
-        self._log.info("token_restored", expires_at=_iso(grant.expires_at))
+        self._log.info("token_restored", expires_at=iso_utc(grant.expires_at))
         self._announce(grant)
 
     async def headers(self) -> AuthHeaders:
@@ -211,7 +210,7 @@ class ManagedTokenCredential:
         if not self._usable(grant):
             self._redactor.add_token(grant.token, self._target)
             raise TokenRequestError(
-                f"the login answered with a token that expired at {_iso(grant.expires_at)}, before it "
+                f"the login answered with a token that expired at {iso_utc(grant.expires_at)}, before it "
                 "could be used; check that this host's clock and the API's agree"
             )
         return grant
@@ -229,7 +228,7 @@ class ManagedTokenCredential:
         self._generation += 1
         self._store.save(grant)
         self._log.info(
-            event, expires_at=_iso(grant.expires_at), lifetime=round(grant.expires_at - grant.obtained_at)
+            event, expires_at=iso_utc(grant.expires_at), lifetime=round(grant.expires_at - grant.obtained_at)
         )
         self._announce(grant)
 
@@ -257,10 +256,6 @@ class ManagedTokenCredential:
     def _headers_for(self, grant: TokenGrant) -> AuthHeaders:
         value = self._header_template.replace("{token}", grant.token)
         return AuthHeaders({self._header_name: value}, self._generation)
-
-
-def _iso(timestamp: float) -> str:
-    return datetime.datetime.fromtimestamp(timestamp, datetime.UTC).isoformat(timespec="seconds")
 
 
 def renewal_time(grant: TokenGrant, before_expiry: float) -> float:

@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, Field, field_validator, model_validator
 
 from uploader_daemon.config.types import (
+    ApiPath,
     Duration,
     HttpUrl,
     Model,
@@ -31,23 +32,16 @@ class RenewalSettings(Model):
 class RefreshSettings(RenewalSettings):
     """Renewal through a refresh endpoint; with no ``path`` the daemon logs in again."""
 
-    path: str | None = Field(default=None, description="Refresh endpoint, e.g. /auth/tokenRefresh.")
+    path: ApiPath | None = Field(default=None, description="Refresh endpoint, e.g. /auth/tokenRefresh.")
     method: Literal["GET", "POST"] = "GET"
     token_field: str | None = Field(default=None, description="Defaults to login.token_field.")
     expires_in_field: str | None = Field(default=None, description="Defaults to login.expires_in_field.")
-
-    @field_validator("path")
-    @classmethod
-    def _path_is_absolute(cls, path: str | None) -> str | None:
-        if path is not None and not path.startswith("/"):
-            raise ValueError(f"{path!r} must start with /; it is joined to api.base_url")
-        return path
 
 
 class LoginSettings(Model):
     """The password login: a JSON body with the username and password."""
 
-    path: str = "/auth/login"
+    path: ApiPath = "/auth/login"
     method: Literal["POST", "PUT"] = "POST"
     username: str = Field(min_length=1)
     password: SecretValue
@@ -57,13 +51,6 @@ class LoginSettings(Model):
     expires_in_field: str | None = Field(
         default="expires_in", description="Dotted path of the lifetime in seconds; else JWT exp."
     )
-
-    @field_validator("path")
-    @classmethod
-    def _path_is_absolute(cls, path: str) -> str:
-        if not path.startswith("/"):
-            raise ValueError(f"{path!r} must start with /; it is joined to api.base_url")
-        return path
 
 
 def _header_template(template: str) -> str:

@@ -88,6 +88,12 @@ def _http_url(value: object) -> str:
     return value.strip().rstrip("/")
 
 
+def _api_path(path: str) -> str:
+    if not path.startswith("/"):
+        raise ValueError(f"{path!r} must start with /; it is joined to api.base_url")
+    return path
+
+
 def _secret(value: object, info: ValidationInfo) -> Secret:
     context = info.context or {}
     if context.get("skip_secrets"):
@@ -102,3 +108,4 @@ PositiveDuration = Annotated[float, BeforeValidator(parse_duration), AfterValida
 AbsolutePath = Annotated[Path, PlainValidator(absolute_path)]
 HttpUrl = Annotated[str, PlainValidator(_http_url)]
 SecretValue = Annotated[Secret, PlainValidator(_secret)]
+ApiPath = Annotated[str, AfterValidator(_api_path)]
