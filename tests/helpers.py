@@ -23,6 +23,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from uploader_daemon.auth.base import AuthHeaders
 from uploader_daemon.clock import Clock
 from uploader_daemon.config import Config, parse_config
 from uploader_daemon.daemon import Daemon
@@ -46,6 +47,31 @@ def unsigned_jwt(claims: dict[str, object]) -> str:
         return base64.urlsafe_b64encode(json.dumps(value).encode()).rstrip(b"=").decode()
 
     return f"{part({'alg': 'none', 'typ': 'JWT'})}.{part(claims)}."
+
+
+class RecordingCredential:
+    """A fixed credential that counts how often it was asked for and keeps what was refused."""
+
+    check_every = None
+    expires_at = None
+
+    def __init__(self, headers: Mapping[str, str] | None = None, generation: int = 7) -> None:
+        self.sent = AuthHeaders(dict(headers or {"Authorization": "Bearer t0k3n-value"}), generation)
+        self.asked = 0
+        self.rejections: list[AuthHeaders] = []
+
+    def restore(self) -> None:
+        """Nothing is stored."""
+
+    async def headers(self) -> AuthHeaders:
+        self.asked += 1
+        return self.sent
+
+    def rejected(self, used: AuthHeaders) -> None:
+        self.rejections.append(used)
+
+    async def renew_if_due(self) -> None:
+        """Never expires."""
 
 
 class FakeClock:

@@ -6,20 +6,17 @@ emulator in the test process or, for throughput, in its own process.
 
 from __future__ import annotations
 
-import asyncio
 import os
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
+from bench import harness
 from tests.conftest import PASSWORD
-from tests.helpers import DaemonProcess, wait_until, write_config
+from tests.helpers import DaemonProcess, write_config
 from uploader_daemon.emulator import Emulator
 
 MIB = 1024 * 1024
@@ -138,98 +135,17 @@ def test_many_small_files_go_out_about_as_fast_as_a_bare_async_client(tmp_path: 
     (journal, inotify, archive move, a log line) shows fully; against a remote API the
     network dominates and the two converge.
     """
-    count, concurrency = 300, 4
-    storage = tmp_path / "server"
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "uploader_daemon.emulator",
-            "--port",
-            "0",
-            "--storage-dir",
-            str(storage),
-            "--user",
-            f"uploader:{PASSWORD}",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        assert server.stdout is not None
-        url = server.stdout.readline().strip()
-        assert url.startswith("http://127.0.0.1:"), url
+    count, size, concurrency = 300, 2048, 4
+    with harness.running_emulator(tmp_path / "server") as url:
         # Best of three interleaved rounds each: the machine's other load only adds time.
         bare, ours = float("inf"), float("inf")
-        for round_number in range(3):
-            bare = min(bare, _bare_client_seconds(url, tmp_path / f"bare{round_number}", count, concurrency))
-            ours = min(ours, _daemon_seconds(url, tmp_path / f"daemon{round_number}", count, concurrency))
-    finally:
-        server.terminate()
-        server.wait(15)
-        if server.stdout is not None:
-            server.stdout.close()
+        for number in range(3):
+            bare = min(
+                bare, harness.bare_client(url, tmp_path / f"bare{number}", count, size, concurrency).seconds
+            )
+            ours = min(
+                ours, harness.daemon(url, tmp_path / f"daemon{number}", count, size, concurrency).seconds
+            )
     ratio = ours / bare
     print(f"bare {bare:.2f}s, daemon {ours:.2f}s, ratio {ratio:.2f}")
     assert ratio < 2.5, f"daemon took {ours:.2f}s where a bare client took {bare:.2f}s"
-
-
-def _bare_client_seconds(url: str, folder: Path, count: int, concurrency: int) -> float:
-    folder.mkdir()
-    files = []
-    for number in range(count):
-        path = folder / f"f{number:04}.dat"
-        path.write_bytes(os.urandom(2048))
-        files.append(path)
-
-    async def run() -> float:
-        limits = httpx.Limits(max_connections=concurrency)
-        async with httpx.AsyncClient(limits=limits, timeout=30) as client:
-            credentials = {"username": "uploader", "password": PASSWORD}
-            login = await client.post(f"{url}/auth/login", json=credentials)
-            headers = {"Authorization": f"Bearer {login.json()['access_token']}"}
-            gate = asyncio.Semaphore(concurrency)
-
-            async def send(path: Path) -> None:
-                async with gate:
-                    with path.open("rb") as handle:
-                        answer = await client.post(
-                            f"{url}/api/envio", headers=headers, files={"file": (path.name, handle)}
-                        )
-                    answer.raise_for_status()
-
-            started = time.monotonic()
-            await asyncio.gather(*(send(path) for path in files))
-            return time.monotonic() - started
-
-    return asyncio.run(run())
-
-
-def _daemon_seconds(url: str, root: Path, count: int, concurrency: int) -> float:
-    drop, staging, sent = root / "drop", root / "staging", root / "sent"
-    for folder in (drop, staging):
-        folder.mkdir(parents=True)
-    for number in range(count):
-        (staging / f"f{number:04}.dat").write_bytes(os.urandom(2048))
-    config = write_config(
-        root / "config.yaml",
-        CONFIG,
-        state=root / "state",
-        drop=drop,
-        sent=sent,
-        failed=root / "failed",
-        url=url,
-        password=PASSWORD,
-        concurrency=concurrency,
-    )
-    process = DaemonProcess(config, root / "daemon.log")
-    try:
-        process.wait_for_log("daemon_started")
-        started = time.monotonic()
-        for path in staging.iterdir():
-            path.rename(drop / path.name)
-        wait_until(lambda: sent.exists() and len(os.listdir(sent)) == count, 90, "every file archived")
-        return time.monotonic() - started
-    finally:
-        process.close()

@@ -14,9 +14,8 @@ import httpx
 import pytest
 import respx
 
-from tests.helpers import FakeClock, tls
+from tests.helpers import FakeClock, RecordingCredential, tls
 from uploader_daemon.activity import ApiActivity
-from uploader_daemon.auth.base import AuthHeaders
 from uploader_daemon.config.upload import MultipartStep, MultipartUpload, RequestStep, Step
 from uploader_daemon.delivery.facts import FileFacts
 from uploader_daemon.delivery.steps import StepContext, run_step
@@ -30,31 +29,6 @@ from uploader_daemon.errors import (
 API = "https://api.example.test/v1"
 ORIGIN = ("https", "api.example.test", None)
 TOKEN = "t0k3n-value"
-
-
-class RecordingCredential:
-    """A static bearer token that remembers how often it was asked for and refused."""
-
-    check_every = None
-    expires_at = None
-
-    def __init__(self, token: str = TOKEN, generation: int = 7) -> None:
-        self.sent = AuthHeaders({"Authorization": f"Bearer {token}"}, generation)
-        self.asked = 0
-        self.rejections: list[AuthHeaders] = []
-
-    def restore(self) -> None:
-        """Nothing is stored."""
-
-    async def headers(self) -> AuthHeaders:
-        self.asked += 1
-        return self.sent
-
-    def rejected(self, used: AuthHeaders) -> None:
-        self.rejections.append(used)
-
-    async def renew_if_due(self) -> None:
-        """Never expires."""
 
 
 def payload_file(tmp_path: Path, name: str = "report.pdf", content: bytes = b"%PDF-1.7 twelve") -> FileFacts:

@@ -13,9 +13,8 @@ import httpx
 import pytest
 import respx
 
-from tests.helpers import FakeClock, tls
+from tests.helpers import FakeClock, RecordingCredential, tls
 from uploader_daemon.activity import ApiActivity
-from uploader_daemon.auth.base import AuthHeaders
 from uploader_daemon.config.upload import RunrunDocumentUpload, StoragePostStep
 from uploader_daemon.delivery.facts import FileFacts
 from uploader_daemon.delivery.steps import StepContext, run_step
@@ -48,28 +47,8 @@ SIGV2_FIELDS = {
 }
 
 
-class RecordingCredential:
-    """A bearer token that counts how often anyone asked for it."""
-
-    check_every = None
-    expires_at = None
-
-    def __init__(self) -> None:
-        self.asked = 0
-        self.rejections: list[AuthHeaders] = []
-
-    def restore(self) -> None:
-        """Nothing is stored."""
-
-    async def headers(self) -> AuthHeaders:
-        self.asked += 1
-        return AuthHeaders({"Authorization": "Bearer t0k3n-value", "app-key": "k", "user-token": "u"})
-
-    def rejected(self, used: AuthHeaders) -> None:
-        self.rejections.append(used)
-
-    async def renew_if_due(self) -> None:
-        """Never expires."""
+# Everything the API may carry, to prove none of it reaches the storage host.
+API_HEADERS = {"Authorization": "Bearer t0k3n-value", "app-key": "k", "user-token": "u"}
 
 
 def payload_file(tmp_path: Path, name: str = "report.pdf", content: bytes = b"%PDF-1.7 body") -> FileFacts:
@@ -100,7 +79,7 @@ def run(
                 client=client,
                 base_url=API,
                 origin=ORIGIN,
-                credential=credential or RecordingCredential(),
+                credential=credential or RecordingCredential(API_HEADERS),
                 activity=ApiActivity(FakeClock()),
                 file=facts,
                 values={"file": facts.template_values(), "target": {"name": "docs"}, **outputs},
@@ -166,7 +145,7 @@ def test_sigv2_fields_are_forwarded_and_their_content_type_labels_the_file(tmp_p
 
 def test_the_storage_never_receives_the_api_credential(tmp_path: Path) -> None:
     """No Authorization or API key header goes to storage; the credential is not even asked for."""
-    credential = RecordingCredential()
+    credential = RecordingCredential(API_HEADERS)
     with respx.mock() as router:
         route = router.post(BUCKET).respond(204)
         run(storage_step(), payload_file(tmp_path), {"create": {"fields": SIGV4_FIELDS}}, credential)
@@ -324,7 +303,7 @@ def test_a_signature_mismatch_is_quoted_without_the_signature_or_the_signed_poli
 
 def test_a_storage_401_is_permanent_and_rejects_no_token(tmp_path: Path) -> None:
     """No API token went to storage, so a 401 there discards nothing."""
-    credential = RecordingCredential()
+    credential = RecordingCredential(API_HEADERS)
     with respx.mock() as router:
         router.post(BUCKET).respond(401)
         with pytest.raises(PermanentDeliveryError):
