@@ -27,7 +27,7 @@ from uploader_daemon.auth.base import AuthHeaders
 from uploader_daemon.clock import Clock
 from uploader_daemon.config import Config, parse_config
 from uploader_daemon.daemon import Daemon
-from uploader_daemon.logs import Redactor
+from uploader_daemon.redaction import Redactor
 from uploader_daemon.secrets import secret_values
 
 DEFAULT_TIMEOUT = 15.0

@@ -26,7 +26,8 @@ import yaml
 from uploader_daemon import __version__
 from uploader_daemon.config import Config, default_config_path, load_config
 from uploader_daemon.errors import AdminError
-from uploader_daemon.logs import Redactor, configure_logging, get_logger
+from uploader_daemon.logs import configure_logging, get_logger
+from uploader_daemon.redaction import Redactor
 from uploader_daemon.secrets import secret_values
 
 EXIT_OK = 0

@@ -19,7 +19,8 @@ from uploader_daemon import __version__
 from uploader_daemon.clock import Clock, SystemClock
 from uploader_daemon.config.schema import Config
 from uploader_daemon.journal import Journal
-from uploader_daemon.logs import Redactor, get_logger
+from uploader_daemon.logs import get_logger
+from uploader_daemon.redaction import Redactor
 from uploader_daemon.scheduler import Scheduler
 from uploader_daemon.state import StateDir
 from uploader_daemon.target import TargetService

@@ -17,7 +17,8 @@ from pathlib import Path
 from uploader_daemon.config import Config, parse_config
 from uploader_daemon.daemon import Daemon
 from uploader_daemon.emulator import Emulator, EmulatorSettings
-from uploader_daemon.logs import Redactor, configure_logging
+from uploader_daemon.logs import configure_logging
+from uploader_daemon.redaction import Redactor
 from uploader_daemon.secrets import secret_values
 
 DEMO_PASSWORD = "demo-password"

@@ -13,7 +13,7 @@ import email.utils
 import re
 import time
 from typing import Any
-from urllib.parse import SplitResult, urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -25,7 +25,9 @@ from uploader_daemon.errors import (
     PermanentDeliveryError,
     TransientDeliveryError,
 )
-from uploader_daemon.logs import get_logger, scrub_text
+from uploader_daemon.logs import get_logger
+from uploader_daemon.redaction import scrub_text
+from uploader_daemon.urls import cut, host_of, safe_url
 
 log = get_logger(__name__)
 
@@ -67,9 +69,9 @@ async def send(
     try:
         response = await client.send(request, stream=stream)
     except httpx.TimeoutException as error:
-        raise NetworkError(f"{method} {_host(url)} timed out ({type(error).__name__})") from None
+        raise NetworkError(f"{method} {host_of(url)} timed out ({type(error).__name__})") from None
     except httpx.HTTPError as error:
-        raise NetworkError(f"{method} {_host(url)} failed: {_reason(error)}") from None
+        raise NetworkError(f"{method} {host_of(url)} failed: {_reason(error)}") from None
     log.debug(
         "http_request",
         method=method,
@@ -85,7 +87,7 @@ def _build(client: httpx.AsyncClient, method: str, url: str, options: dict[str, 
     try:
         urlsplit(url).port  # noqa: B018 -- raises ValueError for a bad IPv6 host or port
     except ValueError:
-        raise InvalidRequestError(f"{method} {_cut(url)!r} is not a valid URL") from None
+        raise InvalidRequestError(f"{method} {cut(url)!r} is not a valid URL") from None
     headers = options.get("headers") or {}
     for name, value in headers.items():
         if isinstance(value, str) and not value.isascii():
@@ -96,7 +98,7 @@ def _build(client: httpx.AsyncClient, method: str, url: str, options: dict[str, 
     try:
         return client.build_request(method, url, **options)
     except (httpx.InvalidURL, UnicodeEncodeError) as error:
-        raise InvalidRequestError(f"{method} {_cut(url)!r} cannot be sent: {error}") from None
+        raise InvalidRequestError(f"{method} {cut(url)!r} cannot be sent: {error}") from None
 
 
 def check_status(
@@ -169,65 +171,6 @@ def retry_after(response: httpx.Response) -> float | None:
     except (TypeError, ValueError):
         return None
     return max(0.0, moment.timestamp() - time.time())
-
-
-def safe_url(url: str) -> str:
-    """``url`` without query string or user info: presigned URLs carry signatures."""
-    parsed = _split(url)
-    if parsed is None:
-        return _cut(url)
-    parts, netloc = parsed
-    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
-
-
-def same_origin(url: str, origin: tuple[str, str, int | None]) -> bool:
-    """Whether ``url`` has the ``(scheme, host, port)`` origin; a default port equals none."""
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError:
-        return False
-    scheme, host, origin_port = origin
-    return (parts.scheme, parts.hostname or "", _effective_port(parts.scheme, port)) == (
-        scheme,
-        host.lower(),
-        _effective_port(scheme, origin_port),
-    )
-
-
-def join_url(base_url: str, path: str) -> str:
-    """``base_url`` + ``path`` (the base's own path prefix is kept, unlike urljoin)."""
-    return base_url.rstrip("/") + "/" + path.lstrip("/")
-
-
-def _host(url: str) -> str:
-    parsed = _split(url)
-    return _cut(url) if parsed is None else parsed[1]
-
-
-def _split(url: str) -> tuple[SplitResult, str] | None:
-    """The parts of ``url`` and its ``host[:port]`` without user info; ``None`` if unparsable."""
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError:
-        return None
-    netloc = _bracketed(parts.hostname or "")
-    return parts, f"{netloc}:{port}" if port else netloc
-
-
-def _bracketed(host: str) -> str:
-    """An IPv6 literal in brackets, as it is written in a URL."""
-    return f"[{host}]" if ":" in host else host
-
-
-def _effective_port(scheme: str, port: int | None) -> int | None:
-    return port if port is not None else {"http": 80, "https": 443}.get(scheme)
-
-
-def _cut(url: str) -> str:
-    """The start of a URL that cannot be parsed, without its query (signatures)."""
-    return url.split("?", 1)[0][:80]
 
 
 def _reason(error: httpx.HTTPError) -> str:

@@ -36,7 +36,8 @@ from uploader_daemon.file_moves import (
     identity,
 )
 from uploader_daemon.journal import FileRecord, Journal
-from uploader_daemon.logs import Redactor, get_logger
+from uploader_daemon.logs import get_logger
+from uploader_daemon.redaction import Redactor
 
 log = get_logger(__name__)
 

@@ -12,8 +12,9 @@ from uploader_daemon.config.schema import TargetSettings
 from uploader_daemon.errors import StateDirError
 from uploader_daemon.http import build_client
 from uploader_daemon.journal import Journal
-from uploader_daemon.logs import Redactor, get_logger
+from uploader_daemon.logs import get_logger
 from uploader_daemon.readiness import Snapshot
+from uploader_daemon.redaction import Redactor
 from uploader_daemon.scheduler import Scheduler
 from uploader_daemon.watcher import FolderWatcher
 from uploader_daemon.workers import TargetWorkers

@@ -51,8 +51,9 @@ from uploader_daemon.errors import (
 )
 from uploader_daemon.file_moves import Identity, identity
 from uploader_daemon.journal import FileRecord, Journal
-from uploader_daemon.logs import Redactor, get_logger
+from uploader_daemon.logs import get_logger
 from uploader_daemon.outcomes import Outcomes, Verdict
+from uploader_daemon.redaction import Redactor
 
 log = get_logger(__name__)
 

@@ -28,7 +28,7 @@ from uploader_daemon.auth.store import TokenStore
 from uploader_daemon.config.auth import CognitoAuth
 from uploader_daemon.config.schema import RetrySettings
 from uploader_daemon.errors import TokenRequestError
-from uploader_daemon.logs import Redactor
+from uploader_daemon.redaction import Redactor
 
 REGION = "us-east-1"
 PASSWORD = "Corr3ct-Horse-Battery!"

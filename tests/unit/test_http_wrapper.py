@@ -18,15 +18,8 @@ from uploader_daemon.errors import (
     PermanentDeliveryError,
     TransientDeliveryError,
 )
-from uploader_daemon.http import (
-    check_status,
-    excerpt,
-    join_url,
-    retry_after,
-    safe_url,
-    same_origin,
-    send,
-)
+from uploader_daemon.http import check_status, excerpt, retry_after, send
+from uploader_daemon.urls import join_url, safe_url, same_origin
 
 API = "https://api.example.test"
 

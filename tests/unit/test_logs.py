@@ -11,14 +11,8 @@ from typing import Any
 
 import pytest
 
-from uploader_daemon.logs import (
-    REDACTED,
-    Redactor,
-    configure_logging,
-    get_logger,
-    redact_structure,
-    scrub_text,
-)
+from uploader_daemon.logs import configure_logging, get_logger
+from uploader_daemon.redaction import REDACTED, Redactor, redact_structure, scrub_text
 
 SECRET = "hunter2-Very-Secret"
 JWT = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ1cGxvYWRlciJ9.c2lnbmF0dXJlLXBhcnQ"

@@ -18,13 +18,8 @@ from tests.helpers import FakeClock, tls
 from uploader_daemon import file_moves
 from uploader_daemon.activity import ApiActivity
 from uploader_daemon.auth.base import StaticCredential
-from uploader_daemon.config.upload import (
-    ConversionTaskUpload,
-    DownloadStep,
-    PollStep,
-    PresignedStatusUpload,
-    Step,
-)
+from uploader_daemon.config.presets import ConversionTaskUpload, PresignedStatusUpload
+from uploader_daemon.config.upload import DownloadStep, PollStep, Step
 from uploader_daemon.delivery import steps
 from uploader_daemon.delivery.facts import FileFacts
 from uploader_daemon.delivery.steps import StepContext, run_step
@@ -34,7 +29,7 @@ from uploader_daemon.errors import (
     PollDeadlineError,
     TransientDeliveryError,
 )
-from uploader_daemon.logs import REDACTED
+from uploader_daemon.redaction import REDACTED
 
 API = "https://convert.example.test"
 ORIGIN = ("https", "convert.example.test", None)

@@ -16,13 +16,8 @@ import respx
 from tests.helpers import FakeClock, tls
 from uploader_daemon.activity import ApiActivity
 from uploader_daemon.auth.base import StaticCredential
-from uploader_daemon.config.upload import (
-    ConversionTaskUpload,
-    PresignedStatusUpload,
-    RequestStep,
-    RunrunDocumentUpload,
-    Step,
-)
+from uploader_daemon.config.presets import ConversionTaskUpload, PresignedStatusUpload, RunrunDocumentUpload
+from uploader_daemon.config.upload import RequestStep, Step
 from uploader_daemon.delivery.facts import FileFacts
 from uploader_daemon.delivery.run import Delivery, plan_of, resume_point
 from uploader_daemon.delivery.steps import StepContext
@@ -394,7 +389,7 @@ def test_a_checkpoint_of_another_step_list_is_not_trusted(journal: Journal, fact
 
 def test_tuning_a_poll_keeps_checkpoints_valid() -> None:
     """A longer deadline or interval is not a different step list: no upload is repeated."""
-    from uploader_daemon.config.upload import PresignedStatusUpload
+    from uploader_daemon.config.presets import PresignedStatusUpload
 
     def preset(deadline: str) -> Sequence[Step]:
         return PresignedStatusUpload.model_validate(

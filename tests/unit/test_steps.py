@@ -16,7 +16,8 @@ import respx
 
 from tests.helpers import FakeClock, RecordingCredential, tls
 from uploader_daemon.activity import ApiActivity
-from uploader_daemon.config.upload import MultipartStep, MultipartUpload, RequestStep, Step
+from uploader_daemon.config.presets import MultipartUpload
+from uploader_daemon.config.upload import MultipartStep, RequestStep, Step
 from uploader_daemon.delivery.facts import FileFacts
 from uploader_daemon.delivery.steps import StepContext, run_step
 from uploader_daemon.errors import (

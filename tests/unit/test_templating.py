@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from uploader_daemon.delivery.templating import (
+from uploader_daemon.templating import (
     MissingValueError,
     TemplateError,
     as_text,

@@ -35,7 +35,8 @@ from uploader_daemon.auth.store import TokenStore
 from uploader_daemon.config.auth import RenewalSettings
 from uploader_daemon.config.schema import RetrySettings, TargetSettings
 from uploader_daemon.errors import LoginFailedError, TokenRequestError
-from uploader_daemon.logs import Redactor, configure_logging
+from uploader_daemon.logs import configure_logging
+from uploader_daemon.redaction import Redactor
 from uploader_daemon.secrets import secret_values
 
 BASE_URL = "https://api.example.test"

@@ -18,7 +18,7 @@ from uploader_daemon.auth.store import TokenStore
 from uploader_daemon.clock import Clock
 from uploader_daemon.config.auth import CognitoAuth, HeadersAuth, RenewalSettings, TokenAuth
 from uploader_daemon.config.schema import TargetSettings
-from uploader_daemon.logs import Redactor
+from uploader_daemon.redaction import Redactor
 
 __all__ = ["AuthHeaders", "Credential", "ManagedTokenCredential", "StaticCredential", "build_credential"]
 

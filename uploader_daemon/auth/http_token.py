@@ -16,10 +16,11 @@ import httpx
 from uploader_daemon.auth.grant import TokenGrant, expiry_for
 from uploader_daemon.clock import Clock
 from uploader_daemon.config.auth import TokenAuth
-from uploader_daemon.delivery.templating import MissingValueError, dig, dig_optional
 from uploader_daemon.errors import TokenRequestError, UploaderError
-from uploader_daemon.http import excerpt, join_url, send
-from uploader_daemon.logs import REDACTED
+from uploader_daemon.http import excerpt, send
+from uploader_daemon.redaction import REDACTED
+from uploader_daemon.templating import MissingValueError, dig, dig_optional
+from uploader_daemon.urls import join_url
 
 # Visible ASCII only: what a token must be to travel in a header.
 _HEADER_SAFE = re.compile(r"[\x21-\x7e]+")

@@ -31,7 +31,8 @@ from uploader_daemon.clock import Clock, iso_utc
 from uploader_daemon.config.auth import RenewalSettings
 from uploader_daemon.config.schema import RetrySettings
 from uploader_daemon.errors import LoginFailedError, TokenRequestError
-from uploader_daemon.logs import Redactor, get_logger
+from uploader_daemon.logs import get_logger
+from uploader_daemon.redaction import Redactor
 
 log = get_logger(__name__)
 

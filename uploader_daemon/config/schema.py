@@ -5,13 +5,14 @@ from __future__ import annotations
 from functools import cached_property
 from pathlib import Path
 from typing import Literal
-from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator, model_validator
 
 from uploader_daemon.config.auth import AuthSettings
+from uploader_daemon.config.presets import UploadSettings
 from uploader_daemon.config.types import AbsolutePath, Duration, HttpUrl, Model, PositiveDuration
-from uploader_daemon.config.upload import ApiStep, Step, UploadSettings
+from uploader_daemon.config.upload import ApiStep, Step
+from uploader_daemon.urls import Origin, origin_of, same_origin
 
 
 class LogSettings(Model):
@@ -68,9 +69,9 @@ class ApiSettings(Model):
     ca_file: AbsolutePath | None = Field(default=None, description="Extra CA bundle (PEM) to trust.")
 
     @cached_property
-    def origin(self) -> tuple[str, str, int | None]:
-        parts = urlsplit(self.base_url)
-        return parts.scheme, parts.hostname or "", parts.port
+    def origin(self) -> Origin | None:
+        """The only origin the target's credential is ever sent to."""
+        return origin_of(self.base_url)
 
 
 class TargetSettings(Model):
@@ -100,11 +101,7 @@ class TargetSettings(Model):
     def _credential_stays_home(self) -> TargetSettings:
         for step in self.steps:
             fixed_url = step.url if isinstance(step, ApiStep) and step.credential else None
-            if (
-                fixed_url
-                and "{" not in fixed_url
-                and (_with_default_port(fixed_url) != _with_default_port(self.api.base_url))
-            ):
+            if fixed_url and "{" not in fixed_url and not same_origin(fixed_url, self.api.origin):
                 raise ValueError(
                     f"step {step.name!r} sends the credential to {fixed_url}, which is not "
                     "api.base_url's host; set credential: false or use path"
@@ -164,18 +161,6 @@ class Config(Model):
             if target.name == name:
                 return target
         raise KeyError(name)
-
-
-def _with_default_port(url: str) -> tuple[str, str, int | None]:
-    """``(scheme, host, port)`` with the scheme's default port filled in (:443 is no other host)."""
-    parts = urlsplit(url)
-    try:
-        port = parts.port
-    except ValueError:
-        port = -1  # an invalid port is never the API's
-    if port is None:
-        port = {"http": 80, "https": 443}.get(parts.scheme)
-    return parts.scheme, parts.hostname or "", port
 
 
 def _overlap(outer: TargetSettings, inner: TargetSettings) -> bool:

@@ -24,7 +24,6 @@ from collections.abc import Callable, Sequence
 from uploader_daemon.clock import Clock
 from uploader_daemon.config.upload import Step, StoragePostStep, step_is_repeatable, step_templates
 from uploader_daemon.delivery.steps import StepContext, run_step
-from uploader_daemon.delivery.templating import references_in
 from uploader_daemon.errors import (
     AuthRejectedError,
     DeliveryError,
@@ -34,6 +33,7 @@ from uploader_daemon.errors import (
 )
 from uploader_daemon.journal import FileRecord, Journal
 from uploader_daemon.logs import get_logger
+from uploader_daemon.templating import references_in
 
 log = get_logger(__name__)
 

@@ -37,14 +37,6 @@ from uploader_daemon.config.upload import (
     StoragePostStep,
 )
 from uploader_daemon.delivery.facts import FileFacts
-from uploader_daemon.delivery.templating import (
-    MissingValueError,
-    as_text,
-    dig,
-    dig_optional,
-    render_text,
-    render_tree,
-)
 from uploader_daemon.errors import (
     BadResponseError,
     InvalidRequestError,
@@ -55,16 +47,18 @@ from uploader_daemon.errors import (
     TransientDeliveryError,
 )
 from uploader_daemon.file_moves import place
-from uploader_daemon.http import (
-    EXCERPT_LENGTH,
-    check_status,
-    excerpt,
-    join_url,
-    safe_url,
-    same_origin,
-    send,
+from uploader_daemon.http import EXCERPT_LENGTH, check_status, excerpt, send
+from uploader_daemon.logs import get_logger
+from uploader_daemon.redaction import redact_structure, scrub_text
+from uploader_daemon.templating import (
+    MissingValueError,
+    as_text,
+    dig,
+    dig_optional,
+    render_text,
+    render_tree,
 )
-from uploader_daemon.logs import get_logger, redact_structure, scrub_text
+from uploader_daemon.urls import join_url, safe_url, same_origin
 
 log = get_logger(__name__)
 
