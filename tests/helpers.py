@@ -27,10 +27,13 @@ from uploader_daemon.auth.base import AuthHeaders
 from uploader_daemon.clock import Clock
 from uploader_daemon.config import Config, parse_config
 from uploader_daemon.daemon import Daemon
+from uploader_daemon.identity import FileIdentity
+from uploader_daemon.journal import Claim, Disposition, FileRecord, SqliteJournal, TargetCounts
 from uploader_daemon.redaction import Redactor
 from uploader_daemon.secrets import secret_values
 
 DEFAULT_TIMEOUT = 15.0
+OWNER = "this-node"  # the node name test journals' claims carry
 _POLL = 0.01
 
 
@@ -60,7 +63,7 @@ class RecordingCredential:
         self.asked = 0
         self.rejections: list[AuthHeaders] = []
 
-    def restore(self) -> None:
+    def start(self) -> None:
         """Nothing is stored."""
 
     async def headers(self) -> AuthHeaders:
@@ -72,6 +75,20 @@ class RecordingCredential:
 
     async def renew_if_due(self) -> None:
         """Never expires."""
+
+
+class RecordingTimer:
+    """A credential's renewal timer that records when each one-off check would run."""
+
+    def __init__(self, due: list[float] | None = None) -> None:
+        self.due = due if due is not None else []
+        self.intervals: dict[str, float] = {}
+
+    def every(self, job_id: str, seconds: float, job: Callable[[], Any]) -> None:
+        self.intervals[job_id] = seconds
+
+    def at(self, job_id: str, when: float, job: Callable[[], Any]) -> None:
+        self.due.append(when)
 
 
 class FakeClock:
@@ -89,6 +106,8 @@ class FakeClock:
         with self._lock:
             return self._now
 
+    # A clock that never jumps back: the fake one moves only forward, with advance().
+    monotonic = now
     __call__ = now
 
     def advance(self, seconds: float) -> None:
@@ -250,3 +269,100 @@ class DaemonProcess:
         if self.process.poll() is None:
             self.kill()
         self._log_file.close()
+
+
+class SyncJournal:
+    """The SQLite journal, driven synchronously in the words of its first interface.
+
+    Unit tests written before claims existed keep their scripts: each old method is one
+    call of the claim-based interface (a claim held by :data:`OWNER`).
+    """
+
+    def __init__(self, journal: SqliteJournal) -> None:
+        self._journal = journal
+        self.backend = journal
+        self._db = journal._db
+        self._loop = asyncio.new_event_loop()
+
+    @classmethod
+    def open(cls, path: Path) -> SyncJournal:
+        return cls(SqliteJournal.open(path))
+
+    def _run(self, coroutine: Any) -> Any:
+        return self._loop.run_until_complete(coroutine)
+
+    def _claim(self, record_id: int) -> Claim:
+        return Claim(self.get(record_id), OWNER, 0)
+
+    def close(self) -> None:
+        self._run(self._journal.close())
+        self._loop.close()
+
+    def admit(self, target: str, path: str, size: int, mtime_ns: int, now: float) -> FileRecord | None:
+        result: FileRecord | None = self._run(
+            self._journal.admit(target, path, FileIdentity(size, mtime_ns), now)
+        )
+        return result
+
+    def was_settled(self, target: str, path: str, size: int, mtime_ns: int) -> bool:
+        result: bool = self._run(self._journal.is_settled(target, path, FileIdentity(size, mtime_ns)))
+        return result
+
+    def recover_interrupted(self, now: float) -> int:
+        result: int = self._run(self._journal.release_claims(OWNER, now))
+        return result
+
+    def unfinished(self, target: str) -> list[FileRecord]:
+        result: list[FileRecord] = self._run(self._journal.unfinished(target))
+        return result
+
+    def get(self, record_id: int) -> FileRecord:
+        result: FileRecord = self._run(self._journal.get(record_id))
+        return result
+
+    def step_started(self, record_id: int, step: int, plan: str, now: float) -> None:
+        self._run(self._journal.step_started(self._claim(record_id), step, plan, now))
+
+    def step_finished(self, record_id: int, step: int, outputs: dict[str, Any], now: float) -> None:
+        self._run(self._journal.step_finished(self._claim(record_id), step, outputs, now))
+
+    def resume_at(self, record_id: int, step: int, outputs: dict[str, Any], now: float) -> None:
+        self._run(self._journal.resume_at(self._claim(record_id), step, outputs, now))
+
+    def retry_later(self, record_id: int, error: str, status: int | None, now: float) -> int:
+        record = self._run(
+            self._journal.release(
+                self._claim(record_id), now, failed_attempt=True, error=error, status=status
+            )
+        )
+        return int(record.attempts)
+
+    def requeue(self, record_id: int, now: float, error: str | None = None) -> None:
+        self._run(self._journal.release(self._claim(record_id), now, error=error))
+
+    def interrupted(self, record_id: int, now: float) -> None:
+        self._run(self._journal.release(self._claim(record_id), now))
+
+    def delivered(self, record_id: int, now: float) -> None:
+        self._run(self._journal.delivered(self._claim(record_id), now))
+
+    def done(self, record_id: int, destination: str | None, now: float) -> None:
+        disposition = Disposition.KEPT if destination is None else Disposition.ARCHIVED
+        self._run(self._journal.finish(self._claim(record_id), disposition, destination, now))
+
+    def failed(
+        self, record_id: int, error: str, status: int | None, destination: str | None, now: float
+    ) -> None:
+        disposition = Disposition.LEFT_IN_PLACE if destination is None else Disposition.PARKED
+        self._run(self._journal.fail(self._claim(record_id), error, status, disposition, destination, now))
+
+    def gone(self, record_id: int, now: float) -> None:
+        self._run(self._journal.forget(self._claim(record_id), now))
+
+    def counts(self, target: str) -> TargetCounts:
+        result: TargetCounts = self._run(self._journal.counts(target))
+        return result
+
+    def prune(self, older_than: float) -> int:
+        result: int = self._run(self._journal.prune(older_than))
+        return result

@@ -1,4 +1,9 @@
-"""Time as a dependency, so token timing can be tested without waiting for real expiries."""
+"""Time as a dependency, so token timing can be tested without waiting for real expiries.
+
+Two kinds of time, never mixed: **wall time** (seconds since the epoch) for what is shown
+or stored (token expiries, journal timestamps, sidecars), and **monotonic time** for
+delays, backoff and durations, which must not jump when an admin or NTP sets the clock.
+"""
 
 from __future__ import annotations
 
@@ -8,16 +13,23 @@ from typing import Protocol
 
 
 class Clock(Protocol):
-    """Wall-clock seconds since the epoch (token expiries are absolute wall times)."""
+    """The daemon's two clocks."""
 
-    def now(self) -> float: ...
+    def now(self) -> float:
+        """Wall-clock seconds since the epoch (token expiries are absolute wall times)."""
+
+    def monotonic(self) -> float:
+        """Seconds on a clock that never jumps (delays, backoff, durations)."""
 
 
 class SystemClock:
-    """The real clock."""
+    """The real clocks."""
 
     def now(self) -> float:
         return time.time()
+
+    def monotonic(self) -> float:
+        return time.monotonic()
 
 
 def iso_utc(timestamp: float) -> str:

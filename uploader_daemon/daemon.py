@@ -18,12 +18,12 @@ from typing import Any
 from uploader_daemon import __version__
 from uploader_daemon.clock import Clock, SystemClock
 from uploader_daemon.config.schema import Config
-from uploader_daemon.journal import Journal
+from uploader_daemon.journal import Journal, SqliteJournal
 from uploader_daemon.logs import get_logger
 from uploader_daemon.redaction import Redactor
 from uploader_daemon.scheduler import Scheduler
+from uploader_daemon.service import TargetService
 from uploader_daemon.state import StateDir
-from uploader_daemon.target import TargetService
 
 log = get_logger(__name__)
 
@@ -46,6 +46,8 @@ class Daemon:
         self._redactor = redactor
         self._clock = clock or SystemClock()
         self._handle_signals = handle_signals
+        # This daemon's name on its journal claims.
+        self.node = socket.gethostname()
         self._state = StateDir(config.state_dir)
         self._scheduler = Scheduler()
         self._journal: Journal | None = None
@@ -91,8 +93,9 @@ class Daemon:
         self._install_signal_handlers()
         self._state.prepare()
         self._state.lock()
-        self._journal = Journal.open(self._state.journal_path)
-        recovered = self._journal.recover_interrupted(self._clock.now())
+        self._journal = SqliteJournal.open(self._state.journal_path)
+        # A crash (kill -9, power loss) left this daemon's claims behind; only its own.
+        recovered = await self._journal.release_claims(self.node, self._clock.now())
         log.info(
             "daemon_starting",
             version=__version__,
@@ -105,12 +108,14 @@ class Daemon:
             service = TargetService(
                 settings,
                 journal=self._journal,
+                scheduler=self._scheduler,
                 tokens_dir=self._state.tokens_dir,
                 clock=self._clock,
                 redactor=self._redactor,
+                owner=self.node,
             )
             self.services.append(service)
-            await service.start(self._scheduler)
+            await service.start()
         self._scheduler.every("journal:prune", _DAY, self._prune_journal)
         self.started.set()
         _notify_systemd("READY=1")
@@ -150,13 +155,16 @@ class Daemon:
         self._scheduler.shutdown()
         await asyncio.gather(*(service.stop_watching() for service in self.services))
         if self._journal is not None:
-            self._journal.close()
+            # A graceful stop gives its claims back at once (cut-off files are pending).
+            with contextlib.suppress(Exception):
+                await self._journal.release_claims(self.node, self._clock.now())
+            await self._journal.close()
             self._journal = None
         self._state.unlock()
         self._restore_signal_handlers()
 
     async def _prune_journal(self) -> None:
-        removed = self.journal.prune(self._clock.now() - self.config.journal.keep_done_for)
+        removed = await self.journal.prune(self._clock.now() - self.config.journal.keep_done_for)
         if removed:
             log.info("journal_pruned", rows=removed)
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from uploader_daemon.config.schema import TargetSettings
+from uploader_daemon.identity import FileIdentity
 from uploader_daemon.readiness import Snapshot
 
 # A sub-folder that vanished between its parent's listing and its own: moved or deleted,
@@ -101,17 +102,17 @@ class DropFolder:
             os.close(directory)
 
     def snapshot(self, relative_path: str) -> Snapshot | None:
-        """(size, mtime) of a regular file, else ``None``."""
+        """The identity of a regular file, else ``None``."""
         try:
             info = os.lstat(self.full(relative_path))
         except FileNotFoundError:
             return None
         if not stat.S_ISREG(info.st_mode):
             return None
-        return info.st_size, info.st_mtime_ns
+        return FileIdentity.of(info)
 
     def list_files(self, directory: str) -> Listing:
-        """Candidate files under ``directory`` with their (size, mtime). Blocking.
+        """Candidate files under ``directory`` with their identities. Blocking.
 
         Raises OSError only when ``directory`` itself cannot be listed; a sub-folder
         that cannot is recorded in the listing and skipped.
@@ -149,7 +150,7 @@ class DropFolder:
                 elif stat.S_ISLNK(info.st_mode):
                     listing.symlinks.append(relative)
                 elif stat.S_ISREG(info.st_mode):
-                    listing.files.append((relative, (info.st_size, info.st_mtime_ns)))
+                    listing.files.append((relative, FileIdentity.of(info)))
 
 
 def _matches(name: str, relative_path: str, patterns: tuple[str, ...]) -> bool:

@@ -73,7 +73,8 @@ class AlreadyRunningError(AdminError):
 class LoginFailedError(UploaderError):
     """Logging in (or refreshing into a new login) did not produce a usable token.
 
-    ``retry_at`` is the wall-clock time before which no new login is attempted.
+    ``retry_at`` is the monotonic time (:meth:`Clock.monotonic`) before which no new
+    login is attempted.
     """
 
     def __init__(self, message: str, *, retry_at: float, status: int | None = None) -> None:

@@ -6,7 +6,7 @@ name atomically where ``rename`` would silently replace it; across filesystems t
 file is copied (through a descriptor opened without following symlinks) to a
 temporary name in the destination, synced, then linked into place.
 
-Only the file that was meant is moved. With ``expect`` (device, inode, size, mtime of
+Only the file that was meant is moved. With ``expect`` (the identity: inode, size, mtime of
 the delivered file) a path that now leads elsewhere (a new version renamed over it, a
 sub-folder swapped for a symlink) raises :class:`FileChangedError` and nothing moves;
 and the source name is removed only while it still holds the moved file, so a new
@@ -25,16 +25,11 @@ from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from uploader_daemon.identity import FileIdentity
+
 _MAX_CANDIDATES = 10_000
 _NO_HARD_LINK = (errno.EXDEV, errno.EPERM, errno.ENOTSUP, errno.EMLINK)
 _COPY_CHUNK = 1024 * 1024
-
-Identity = tuple[int, int, int, int]  # (st_dev, st_ino, st_size, st_mtime_ns)
-
-
-def identity(info: os.stat_result) -> Identity:
-    """What tells one file version from another at the same path."""
-    return info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns
 
 
 class FileChangedError(OSError):
@@ -60,7 +55,7 @@ def place(
     *,
     keep_free: tuple[str, ...] = (),
     allow_copy: bool = True,
-    expect: Identity | None = None,
+    expect: FileIdentity | None = None,
 ) -> Path:
     """Move ``source`` into ``directory`` as ``name`` (or ``name`` with a counter).
 
@@ -83,7 +78,7 @@ def place(
             if not _same_file(source, destination):
                 continue
             # A crash between link and unlink last time: the move is half done already.
-            moved = identity(os.lstat(destination))
+            moved = FileIdentity.of(os.lstat(destination))
         _remove_source(source, destination, moved)
         return destination
     raise OSError(errno.EEXIST, f"no free name for {name} in {directory}")
@@ -95,7 +90,7 @@ def archive(
     relative_path: str,
     *,
     allow_copy: bool = True,
-    expect: Identity | None = None,
+    expect: FileIdentity | None = None,
 ) -> Path:
     """Move a delivered file into ``archive_dir``, keeping its sub-folder and name."""
     relative = PurePosixPath(relative_path)
@@ -115,7 +110,7 @@ def fail(
     report: dict[str, Any],
     *,
     allow_copy: bool = True,
-    expect: Identity | None = None,
+    expect: FileIdentity | None = None,
 ) -> Path:
     """Move a file that cannot be delivered to ``failed_dir`` with a ``.error.json`` beside it.
 
@@ -180,7 +175,9 @@ def _candidates(name: str) -> Iterator[str]:
         yield f"{stem}.{counter}{suffixes}"
 
 
-def _link_or_copy(source: Path, destination: Path, allow_copy: bool, expect: Identity | None) -> Identity:
+def _link_or_copy(
+    source: Path, destination: Path, allow_copy: bool, expect: FileIdentity | None
+) -> FileIdentity:
     """Give ``destination`` the content of ``source``; returns the identity of what moved."""
     try:
         os.link(source, destination)
@@ -194,20 +191,20 @@ def _link_or_copy(source: Path, destination: Path, allow_copy: bool, expect: Ide
                 error.errno, f"{destination.parent} needs a copy: {error.strerror}"
             ) from None
         return _copy(source, destination, expect)
-    moved = identity(os.lstat(destination))
-    if expect is not None and moved != expect:
+    moved = FileIdentity.of(os.lstat(destination))
+    if expect is not None and not moved.same_version(expect):
         destination.unlink()
         raise FileChangedError(errno.ESTALE, "the path no longer holds the delivered file", str(source))
     return moved
 
 
-def _copy(source: Path, destination: Path, expect: Identity | None) -> Identity:
+def _copy(source: Path, destination: Path, expect: FileIdentity | None) -> FileIdentity:
     """Another filesystem, or one without hard links: copy beside the destination from a
     descriptor, then claim the final name without overwriting."""
     descriptor = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     with os.fdopen(descriptor, "rb") as reader:
         info = os.fstat(descriptor)
-        if expect is not None and identity(info) != expect:
+        if expect is not None and not FileIdentity.of(info).same_version(expect):
             raise FileChangedError(errno.ESTALE, "the path no longer holds the delivered file", str(source))
         temporary = destination.with_name(f".{destination.name}.{uuid.uuid4().hex[:8]}.tmp")
         try:
@@ -227,16 +224,16 @@ def _copy(source: Path, destination: Path, expect: Identity | None) -> Identity:
         finally:
             with contextlib.suppress(FileNotFoundError):
                 temporary.unlink()
-    return identity(info)
+    return FileIdentity.of(info)
 
 
-def _remove_source(source: Path, destination: Path, moved: Identity) -> None:
+def _remove_source(source: Path, destination: Path, moved: FileIdentity) -> None:
     """Unlink ``source`` if it still holds what moved; undo the move if it cannot be unlinked."""
     try:
-        current = identity(os.lstat(source))
+        current = FileIdentity.of(os.lstat(source))
     except FileNotFoundError:
         return  # gone meanwhile: what moved is safe at the destination
-    if current != moved:
+    if not current.same_version(moved):
         return  # a new version took the name during the move: it is not ours to remove
     try:
         source.unlink()

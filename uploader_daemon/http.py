@@ -56,18 +56,21 @@ async def send(
     url: str,
     *,
     stream: bool = False,
+    auth: httpx.Auth | None = None,
     **options: Any,
 ) -> httpx.Response:
     """Send one request; returns the response whatever its status.
 
     With ``stream=True`` the body is not read (the caller streams and closes it).
+    ``auth`` attaches the target's credential (:mod:`uploader_daemon.auth.wire`); its
+    own refusals (another origin, a failed login) pass through unchanged.
     Raises :class:`NetworkError` when no response arrived, :class:`InvalidRequestError`
     when the URL or a header cannot go on the wire.
     """
     started = time.monotonic()
     request = _build(client, method, url, options)
     try:
-        response = await client.send(request, stream=stream)
+        response = await client.send(request, stream=stream, auth=auth)
     except httpx.TimeoutException as error:
         raise NetworkError(f"{method} {host_of(url)} timed out ({type(error).__name__})") from None
     except httpx.HTTPError as error:
@@ -96,9 +99,15 @@ def _build(client: httpx.AsyncClient, method: str, url: str, options: dict[str, 
                 "headers cannot carry; remove the non-ASCII value from the header template"
             )
     try:
-        return client.build_request(method, url, **options)
+        request = client.build_request(method, url, **options)
     except (httpx.InvalidURL, UnicodeEncodeError) as error:
         raise InvalidRequestError(f"{method} {cut(url)!r} cannot be sent: {error}") from None
+    content = options.get("content")
+    if isinstance(content, httpx.AsyncByteStream):
+        # httpx wraps any async iterable in a generic stream; ours can be sent as it is
+        # (and sent again), with the Content-Length it declared.
+        request.stream = content
+    return request
 
 
 def check_status(

@@ -31,7 +31,9 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-Snapshot = tuple[int, int]  # (size, mtime_ns)
+from uploader_daemon.identity import FileIdentity
+
+Snapshot = FileIdentity  # what a look at the file saw: inode, size, mtime
 
 # How long a file found by a scan must hold still when nothing saw its writer close it.
 SCAN_SETTLE = 2.0

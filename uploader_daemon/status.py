@@ -6,6 +6,7 @@ the token's expiry time, never the token.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime
 import json
@@ -18,7 +19,7 @@ from pathlib import Path
 from uploader_daemon.clock import iso_utc
 from uploader_daemon.config.schema import Config
 from uploader_daemon.errors import StateDirError
-from uploader_daemon.journal import Journal, TargetCounts
+from uploader_daemon.journal import SqliteJournal, TargetCounts
 from uploader_daemon.state import StateDir
 
 
@@ -57,17 +58,21 @@ def _read(config: Config, state: StateDir) -> list[TargetStatus]:
     except FileNotFoundError:
         journal = None
     else:
-        journal = Journal.open(journal_path)
+        journal = SqliteJournal.open(journal_path)
     try:
-        return [
-            _target_status(config, index, journal.counts(target.name) if journal else TargetCounts(), state)
-            for index, target in enumerate(config.targets)
-        ]
+        counts = asyncio.run(_counts(config, journal))
     except sqlite3.DatabaseError as error:
         raise StateDirError(f"cannot read the journal {journal_path}: {error}") from None
+    return [_target_status(config, index, counts[index], state) for index in range(len(config.targets))]
+
+
+async def _counts(config: Config, journal: SqliteJournal | None) -> list[TargetCounts]:
+    if journal is None:
+        return [TargetCounts() for _ in config.targets]
+    try:
+        return [await journal.counts(target.name) for target in config.targets]
     finally:
-        if journal is not None:
-            journal.close()
+        await journal.close()
 
 
 @contextlib.contextmanager

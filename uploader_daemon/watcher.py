@@ -45,6 +45,7 @@ from watchdog.observers.polling import PollingObserver
 
 from uploader_daemon.config.schema import TargetSettings
 from uploader_daemon.drop_folder import GONE, DropFolder, Listing
+from uploader_daemon.identity import FileIdentity
 from uploader_daemon.logs import get_logger
 from uploader_daemon.readiness import ReadinessTracker, Snapshot
 
@@ -63,6 +64,8 @@ _EVENTS = [
 
 # How long stopping an observer may take before we give up on its thread (a daemon thread).
 _STOP_TIMEOUT = 5.0
+# What a file that is not there looks like to the tracker: never equal to a real one.
+_MISSING = FileIdentity(-1, -1)
 
 
 class FolderWatcher:
@@ -73,9 +76,10 @@ class FolderWatcher:
         target: TargetSettings,
         offer: Callable[[str], None],
         already_handled: Callable[[str, Snapshot], bool],
+        folder: DropFolder | None = None,
     ) -> None:
         self._target = target
-        self._folder = DropFolder(target)
+        self._folder = folder if folder is not None else DropFolder(target)
         self._offer = offer
         self._already_handled = already_handled
         # Only touched on the loop thread.
@@ -109,7 +113,8 @@ class FolderWatcher:
             stalled_writer_after=self._target.watch.stalled_writer_after,
             failed=self._settle_check_failed,
         )
-        self._observer = self._start_observer()
+        self._generation += 1
+        self._observer, self.events_have_close = self._start_observer(self._generation)
         self._running = True
 
     async def stop(self) -> None:
@@ -130,7 +135,7 @@ class FolderWatcher:
     def resettle(self, relative_path: str) -> None:
         """A queued file changed before its upload: watch it settle again."""
         if self._tracker is not None:
-            self._tracker.scanned(relative_path, self._folder.snapshot(relative_path) or (-1, -1))
+            self._tracker.scanned(relative_path, self._folder.snapshot(relative_path) or _MISSING)
 
     async def scan(self) -> int:
         """Restart a dead watch, list the folder (in a thread), hand unknown files to the tracker.
@@ -236,8 +241,12 @@ class FolderWatcher:
             )
             old, self._observer = self._observer, None
             self._folder_deleted = False
+            # Bumped here, on the loop: from now on the old observer's events are dropped.
+            self._generation += 1
             try:
-                self._observer = await asyncio.to_thread(self._replace_observer, old)
+                self._observer, self.events_have_close = await asyncio.to_thread(
+                    self._replace_observer, old, self._generation
+                )
             except OSError as error:
                 # The scan still lists the folder; the next one tries the watch again.
                 self._log.error(
@@ -247,16 +256,23 @@ class FolderWatcher:
                     hint="files are found by rescans only until the watch is back",
                 )
 
-    def _replace_observer(self, old: BaseObserver | None) -> BaseObserver:
-        """Runs in a thread: stop and join the dead observer, then start a new one."""
+    def _replace_observer(self, old: BaseObserver | None, generation: int) -> tuple[BaseObserver, bool]:
+        """Runs in a thread: stop and join the dead observer, then start a new one.
+
+        Touches no state of the watcher: the loop thread stores what it returns.
+        """
         if old is not None and not _stop_observer(old):
             raise TimeoutError(errno.ETIMEDOUT, "the old observer did not stop")
-        return self._start_observer()
+        return self._start_observer(generation)
 
-    def _start_observer(self) -> BaseObserver:
-        observer = self._make_observer()
-        self._generation += 1
-        handler = _Forwarder(self, self._generation)
+    def _start_observer(self, generation: int) -> tuple[BaseObserver, bool]:
+        """A started observer for the folder, and whether its events include closes.
+
+        Called on the loop thread at start and in a worker thread on a restart: it must
+        not touch the watcher's state.
+        """
+        observer, has_close = self._make_observer()
+        handler = _Forwarder(self, generation)
         try:
             observer.schedule(
                 handler, self._folder.root, recursive=self._target.recursive, event_filter=_EVENTS
@@ -277,25 +293,22 @@ class FolderWatcher:
                 handler, self._folder.root, recursive=self._target.recursive, event_filter=_EVENTS
             )
             observer.start()
-            self.events_have_close = False
-        return observer
+            has_close = False
+        return observer, has_close
 
-    def _make_observer(self) -> BaseObserver:
+    def _make_observer(self) -> tuple[BaseObserver, bool]:
         if self._target.watch.poll:
-            self.events_have_close = False
-            return PollingObserver(timeout=self._target.watch.poll_interval)
+            return PollingObserver(timeout=self._target.watch.poll_interval), False
         try:
             from watchdog.observers.inotify import InotifyObserver
         except ImportError:  # not Linux: the platform's native observer, which has no close events
             from watchdog.observers import Observer
 
-            self.events_have_close = False
             observer: BaseObserver = Observer()
-            return observer
-        self.events_have_close = True
+            return observer, False
         # Full events: a file moved in from outside arrives as a move, not as a creation
         # that would wait for a close that never comes.
-        return InotifyObserver(generate_full_events=True)
+        return InotifyObserver(generate_full_events=True), True
 
     def post(self, event: FileSystemEvent, generation: int) -> None:
         """Called in watchdog's thread: queue the event for the loop thread.

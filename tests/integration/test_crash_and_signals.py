@@ -7,6 +7,7 @@ only costs the next run a retry, never a file the emulator did not store.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import time
@@ -20,7 +21,7 @@ import pytest
 from tests.conftest import PASSWORD
 from tests.helpers import DaemonProcess, wait_until, write_config
 from uploader_daemon.emulator import Emulator, EmulatorSettings, ScriptedResponse
-from uploader_daemon.journal import Journal, TargetCounts
+from uploader_daemon.journal import SqliteJournal, TargetCounts
 
 TIMEOUT = 20.0
 TARGET = "reports"
@@ -100,11 +101,15 @@ def processes(tmp_path: Path) -> Iterator[Processes]:
 
 def journal_counts(folders: dict[str, Path]) -> TargetCounts:
     """Read the journal the way `status` does (safe while a daemon writes to it)."""
-    journal = Journal.open(folders["state"] / "journal.sqlite3")
-    try:
-        return journal.counts(TARGET)
-    finally:
-        journal.close()
+
+    async def read() -> TargetCounts:
+        journal = SqliteJournal.open(folders["state"] / "journal.sqlite3")
+        try:
+            return await journal.counts(TARGET)
+        finally:
+            await journal.close()
+
+    return asyncio.run(read())
 
 
 def events(output: str, name: str) -> list[dict[str, Any]]:

@@ -138,6 +138,9 @@ class MovableClock:
     def now(self) -> float:
         return time.time() + self.offset
 
+    def monotonic(self) -> float:
+        return time.monotonic() + self.offset
+
     def advance(self, seconds: float) -> None:
         self.offset += seconds
 

@@ -80,7 +80,7 @@ def counts(runner: DaemonThread) -> TargetCounts:
     """The journal's per-state counts, read on the daemon's loop thread."""
     assert runner.daemon is not None
     daemon = runner.daemon
-    result: TargetCounts = runner.call(lambda: daemon.journal.counts(TARGET))
+    result: TargetCounts = runner.run_coroutine(daemon.journal.counts(TARGET))
     return result
 
 
@@ -253,8 +253,8 @@ def test_token_is_refreshed_while_files_wait_even_without_a_recent_upload(
         (folders["drop"] / "waiting.csv").write_text("w")
         assert short_lived.wait_for(lambda emu: len(envio_requests(emu)) == 1, TIMEOUT)
         assert runner.daemon is not None
-        workers = runner.daemon.services[0].workers
-        wait_until(lambda: runner.call(workers.files_waiting), TIMEOUT, "waiting.csv backing off")
+        schedule = runner.daemon.services[0].schedule
+        wait_until(lambda: runner.call(schedule.files_waiting), TIMEOUT, "waiting.csv backing off")
         fake_clock.advance(25)  # 5 s left; the API was last used 25 s ago, longer than active_within
 
         runner.run_coroutine(credential_of(runner).renew_if_due())

@@ -18,7 +18,7 @@ from structlog.testing import capture_logs
 from tests.helpers import DaemonThread, running_daemon, wait_until
 from tests.integration.test_flow_t import TARGET, flow_t_config, sha256
 from uploader_daemon.emulator import Emulator, ScriptedResponse
-from uploader_daemon.journal import Journal
+from uploader_daemon.journal import SqliteJournal as Journal
 
 TIMEOUT = 15.0
 
@@ -124,7 +124,7 @@ def test_a_journal_that_fails_for_a_while_neither_kills_a_worker_nor_loses_the_f
     """A full disk under the journal is survived: the file is delivered once the disk is back."""
     failures = {"left": 3}
     real_step_started = Journal.step_started
-    real_retry_later = Journal.retry_later
+    real_retry_later = Journal.release
 
     def failing(real: Callable[..., Any]) -> Callable[..., Any]:
         def call(self: Journal, *args: Any, **kwargs: Any) -> Any:
@@ -136,7 +136,7 @@ def test_a_journal_that_fails_for_a_while_neither_kills_a_worker_nor_loses_the_f
         return call
 
     monkeypatch.setattr(Journal, "step_started", failing(real_step_started))
-    monkeypatch.setattr(Journal, "retry_later", failing(real_retry_later))
+    monkeypatch.setattr(Journal, "release", failing(real_retry_later))
     config = flow_t_config(emulator, folders, concurrency=1, backoff="50ms", max_backoff="200ms")
     with capture_logs() as logs, running_daemon(config) as runner:
         (folders["drop"] / "a.csv").write_text("a\n")
@@ -184,7 +184,7 @@ def test_a_delivery_whose_checkpoint_could_not_be_written_is_not_left_uploading(
     emulator: Emulator, folders: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The server took the file but the journal's disk was full: the file is retried, not stuck."""
-    broken = {"step_finished": 1, "retry_later": 1}  # each fails once, in that order
+    broken = {"step_finished": 1, "release": 1}  # each fails once, in that order
 
     def failing(name: str) -> Callable[..., Any]:
         real = getattr(Journal, name)
@@ -198,7 +198,7 @@ def test_a_delivery_whose_checkpoint_could_not_be_written_is_not_left_uploading(
         return call
 
     monkeypatch.setattr(Journal, "step_finished", failing("step_finished"))
-    monkeypatch.setattr(Journal, "retry_later", failing("retry_later"))
+    monkeypatch.setattr(Journal, "release", failing("release"))
     config = flow_t_config(emulator, folders, backoff="50ms", max_backoff="200ms")
     with running_daemon(config) as runner:
         (folders["drop"] / "a.csv").write_text("a\n")

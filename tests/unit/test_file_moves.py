@@ -12,6 +12,7 @@ import pytest
 
 from uploader_daemon import file_moves
 from uploader_daemon.file_moves import archive, fail, place, write_atomically
+from uploader_daemon.identity import FileIdentity
 
 
 @pytest.fixture
@@ -271,7 +272,7 @@ def test_a_sidecar_that_cannot_be_written_is_reported_with_where_the_file_went(
 def test_a_path_that_now_leads_to_another_file_is_not_moved(drop: Path, tmp_path: Path) -> None:
     """With the delivered file's identity given, a different file at the path stays where it is."""
     source = dropped(drop, "a.csv")
-    delivered = file_moves.identity(os.lstat(source))
+    delivered = FileIdentity.of(os.lstat(source))
     source.unlink()
     source.write_text("a newer version")
     with pytest.raises(file_moves.FileChangedError):
@@ -286,7 +287,7 @@ def test_a_new_version_arriving_during_a_long_copy_stays_in_the_drop_folder(
     """The copy goes to the archive; the name, now holding a new version, is left alone."""
     _link_failing(monkeypatch, failures=None)
     source = dropped(drop, "a.csv")
-    delivered = file_moves.identity(os.lstat(source))
+    delivered = FileIdentity.of(os.lstat(source))
     real_copy = file_moves.shutil.copyfileobj
 
     def copy_while_replaced(reader: Any, writer: Any, length: int = 0) -> None:

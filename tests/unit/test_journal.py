@@ -1,4 +1,11 @@
-"""The journal: every file's state survives restarts, so nothing is lost or sent twice."""
+"""The journal: every file's state survives restarts, so nothing is lost or sent twice.
+
+These tests were written in the journal's first vocabulary (``retry_later``, ``done``,
+``gone``...); ``tests.helpers.SyncJournal`` maps each of those words onto the claim-based
+interface of :mod:`uploader_daemon.journal`, one call each, so that what they assert is
+what they always asserted. The claim-based interface itself is tested in
+``test_journal_claims.py``.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import SyncJournal as Journal
 from uploader_daemon.errors import StateDirError
-from uploader_daemon.journal import FileRecord, Journal, TargetCounts
+from uploader_daemon.journal import FileRecord, TargetCounts
 
 T0 = 1_700_000_000.0
 

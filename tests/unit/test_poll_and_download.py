@@ -18,6 +18,7 @@ from tests.helpers import FakeClock, tls
 from uploader_daemon import file_moves
 from uploader_daemon.activity import ApiActivity
 from uploader_daemon.auth.base import StaticCredential
+from uploader_daemon.auth.wire import CredentialAuth
 from uploader_daemon.config.presets import ConversionTaskUpload, PresignedStatusUpload
 from uploader_daemon.config.upload import DownloadStep, PollStep, Step
 from uploader_daemon.delivery import steps
@@ -63,9 +64,7 @@ async def run_async(
         context = StepContext(
             client=client,
             base_url=API,
-            origin=ORIGIN,
-            credential=StaticCredential(TOKEN_HEADERS),
-            activity=ApiActivity(FakeClock()),
+            auth=CredentialAuth(StaticCredential(TOKEN_HEADERS), ORIGIN, ApiActivity(FakeClock())),
             file=facts,
             values={"file": facts.template_values(), "target": {"name": "video"}, **(outputs or {})},
         )

@@ -13,16 +13,18 @@ import httpx
 import pytest
 import respx
 
-from tests.helpers import FakeClock, tls
+from tests.helpers import OWNER, FakeClock, tls
+from tests.helpers import SyncJournal as Journal
 from uploader_daemon.activity import ApiActivity
 from uploader_daemon.auth.base import StaticCredential
+from uploader_daemon.auth.wire import CredentialAuth
 from uploader_daemon.config.presets import ConversionTaskUpload, PresignedStatusUpload, RunrunDocumentUpload
 from uploader_daemon.config.upload import RequestStep, Step
 from uploader_daemon.delivery.facts import FileFacts
 from uploader_daemon.delivery.run import Delivery, plan_of, resume_point
 from uploader_daemon.delivery.steps import StepContext
 from uploader_daemon.errors import PermanentDeliveryError, TransientDeliveryError
-from uploader_daemon.journal import FileRecord, Journal
+from uploader_daemon.journal import Claim, FileRecord
 
 API = "https://runrun.example.test/api/v1.0"
 ORIGIN = ("https", "runrun.example.test", None)
@@ -162,14 +164,16 @@ def deliver(steps: Sequence[Step], journal: Journal, record: FileRecord, facts: 
                 return StepContext(
                     client=client,
                     base_url=API,
-                    origin=ORIGIN,
-                    credential=StaticCredential({"app-key": "k", "user-token": "u"}),
-                    activity=ApiActivity(FakeClock()),
+                    auth=CredentialAuth(
+                        StaticCredential({"app-key": "k", "user-token": "u"}),
+                        ORIGIN,
+                        ApiActivity(FakeClock()),
+                    ),
                     file=facts,
                     values={"file": facts.template_values(), "target": {"name": "docs"}, **outputs},
                 )
 
-            await Delivery(steps, journal, FakeClock()).run(record, make_context)
+            await Delivery(steps, journal.backend, FakeClock()).run(Claim(record, OWNER, 0), make_context)
 
     asyncio.run(go())
 

@@ -16,6 +16,7 @@ import respx
 
 from tests.helpers import FakeClock, RecordingCredential, tls
 from uploader_daemon.activity import ApiActivity
+from uploader_daemon.auth.wire import CredentialAuth
 from uploader_daemon.config.presets import MultipartUpload
 from uploader_daemon.config.upload import MultipartStep, RequestStep, Step
 from uploader_daemon.delivery.facts import FileFacts
@@ -56,9 +57,9 @@ def run(
             context = StepContext(
                 client=client,
                 base_url=API,
-                origin=ORIGIN,
-                credential=credential or RecordingCredential(),
-                activity=activity or ApiActivity(FakeClock()),
+                auth=CredentialAuth(
+                    credential or RecordingCredential(), ORIGIN, activity or ApiActivity(FakeClock())
+                ),
                 file=facts,
                 values={"file": facts.template_values(), "target": {"name": "docs"}, **(outputs or {})},
             )

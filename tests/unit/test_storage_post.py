@@ -15,6 +15,7 @@ import respx
 
 from tests.helpers import FakeClock, RecordingCredential, tls
 from uploader_daemon.activity import ApiActivity
+from uploader_daemon.auth.wire import CredentialAuth
 from uploader_daemon.config.presets import RunrunDocumentUpload
 from uploader_daemon.config.upload import StoragePostStep
 from uploader_daemon.delivery.facts import FileFacts
@@ -79,9 +80,9 @@ def run(
             context = StepContext(
                 client=client,
                 base_url=API,
-                origin=ORIGIN,
-                credential=credential or RecordingCredential(API_HEADERS),
-                activity=ApiActivity(FakeClock()),
+                auth=CredentialAuth(
+                    credential or RecordingCredential(API_HEADERS), ORIGIN, ApiActivity(FakeClock())
+                ),
                 file=facts,
                 values={"file": facts.template_values(), "target": {"name": "docs"}, **outputs},
             )

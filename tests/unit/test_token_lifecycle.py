@@ -12,7 +12,7 @@ import json
 import logging
 import stat
 import textwrap
-from collections.abc import Iterator, MutableMapping
+from collections.abc import Callable, Iterator, MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ import respx
 import structlog
 from structlog.testing import capture_logs
 
-from tests.helpers import FakeClock, load, tls, unsigned_jwt
+from tests.helpers import FakeClock, RecordingTimer, load, tls, unsigned_jwt
 from uploader_daemon.activity import ApiActivity
 from uploader_daemon.auth import (
     AuthHeaders,
@@ -124,7 +124,9 @@ class Rig:
         self.tmp_path = tmp_path
         self.client = client
         self.clock = clock
-        self.activity = ApiActivity(clock)
+        # Whether files are waiting: what the target's schedule answers in the daemon.
+        self.files_waiting: Callable[[], bool] = lambda: False
+        self.activity = ApiActivity(clock, lambda: self.files_waiting())
         self.tokens_dir = tmp_path / "state" / "tokens"
         self.tokens_dir.mkdir(parents=True)
         (tmp_path / "drop").mkdir()
@@ -142,7 +144,9 @@ class Rig:
         )
         return config.targets[0]
 
-    def credential(self, auth: str = TOKEN_AUTH, base_url: str = BASE_URL) -> ManagedTokenCredential:
+    def credential(
+        self, auth: str = TOKEN_AUTH, base_url: str = BASE_URL, timer: RecordingTimer | None = None
+    ) -> ManagedTokenCredential:
         """A new credential object, as after a (re)start of the daemon."""
         credential = build_credential(
             self.target(auth, base_url),
@@ -151,6 +155,7 @@ class Rig:
             activity=self.activity,
             tokens_dir=self.tokens_dir,
             redactor=self.redactor,
+            timer=timer,
         )
         assert isinstance(credential, ManagedTokenCredential)
         return credential
@@ -361,7 +366,7 @@ def test_waiting_files_count_as_activity(rig: Rig, api: TokenApi) -> None:
     """No upload yet, but files are queued: the token is kept fresh for them."""
     credential = rig.credential()
     headers_now(credential)
-    rig.activity.watch_queue(lambda: True)
+    rig.files_waiting = lambda: True
     near_expiry(rig, credential)
 
     renew(credential)
@@ -532,7 +537,7 @@ def test_a_failing_files_waiting_callback_does_not_kill_the_job(rig: Rig, api: T
     def broken() -> bool:
         raise OSError("queue unavailable")
 
-    rig.activity.watch_queue(broken)
+    rig.files_waiting = broken
 
     with capture_logs() as events:
         renew(credential)
@@ -543,15 +548,13 @@ def test_a_failing_files_waiting_callback_does_not_kill_the_job(rig: Rig, api: T
 def test_every_new_token_announces_when_renewal_is_next_due(rig: Rig, api: TokenApi) -> None:
     """The scheduler hook hears ``expires_at - before_expiry`` after login, refresh and restore."""
     announced: list[float] = []
-    credential = rig.credential()
-    credential.on_new_token(announced.append)
+    credential = rig.credential(timer=RecordingTimer(announced))
 
     headers_now(credential)
     near_expiry(rig, credential)
     rig.activity.touch()
     renew(credential)
-    restarted = rig.credential()
-    restarted.on_new_token(announced.append)
+    restarted = rig.credential(timer=RecordingTimer(announced))
     restarted.restore()
 
     refreshed_expiry = rig.clock.now() + LIFETIME
@@ -568,8 +571,7 @@ def test_a_before_expiry_longer_than_the_lifetime_renews_at_half_life_not_in_a_l
     """When before_expiry exceeds a token's life, renewal waits for half of it, once per token."""
     long_window = TOKEN_AUTH.replace("before_expiry: 5m", "before_expiry: 2h")
     announced: list[float] = []
-    credential = rig.credential(long_window)
-    credential.on_new_token(announced.append)
+    credential = rig.credential(long_window, timer=RecordingTimer(announced))
     rig.activity.touch()
 
     with capture_logs() as events:

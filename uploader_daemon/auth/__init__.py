@@ -11,16 +11,26 @@ from pathlib import Path
 import httpx
 
 from uploader_daemon.activity import ApiActivity
-from uploader_daemon.auth.base import AuthHeaders, Credential, StaticCredential
+from uploader_daemon.auth.base import AuthHeaders, Credential, StaticCredential, Timer
 from uploader_daemon.auth.http_token import HttpTokenProvider
 from uploader_daemon.auth.managed import ManagedTokenCredential, TokenProvider
 from uploader_daemon.auth.store import TokenStore
+from uploader_daemon.auth.wire import CredentialAuth, ForeignOriginError
 from uploader_daemon.clock import Clock
 from uploader_daemon.config.auth import CognitoAuth, HeadersAuth, RenewalSettings, TokenAuth
 from uploader_daemon.config.schema import TargetSettings
 from uploader_daemon.redaction import Redactor
 
-__all__ = ["AuthHeaders", "Credential", "ManagedTokenCredential", "StaticCredential", "build_credential"]
+__all__ = [
+    "AuthHeaders",
+    "Credential",
+    "CredentialAuth",
+    "ForeignOriginError",
+    "ManagedTokenCredential",
+    "StaticCredential",
+    "Timer",
+    "build_credential",
+]
 
 
 def build_credential(
@@ -31,8 +41,9 @@ def build_credential(
     activity: ApiActivity,
     tokens_dir: Path,
     redactor: Redactor,
-) -> Credential | ManagedTokenCredential:
-    """The credential object for ``target``'s ``auth:`` settings."""
+    timer: Timer | None = None,
+) -> Credential:
+    """The credential object for ``target``'s ``auth:`` settings; renewal checks go on ``timer``."""
     auth = target.auth
     if isinstance(auth, HeadersAuth):
         return StaticCredential({name: secret.value for name, secret in auth.headers.items()})
@@ -62,4 +73,5 @@ def build_credential(
         header_template=auth.header,
         expiry_margin=auth.expiry_margin,
         redactor=redactor,
+        timer=timer,
     )

@@ -19,11 +19,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
 from typing import Protocol
 
 from uploader_daemon.activity import ApiActivity
-from uploader_daemon.auth.base import AuthHeaders
+from uploader_daemon.auth.base import AuthHeaders, Timer
 from uploader_daemon.auth.grant import TokenGrant
 from uploader_daemon.auth.store import TokenStore
 from uploader_daemon.backoff import backoff_delay
@@ -68,7 +67,7 @@ class ManagedTokenCredential:
         header_template: str,
         expiry_margin: float,
         redactor: Redactor,
-        on_new_token: Callable[[float], None] | None = None,
+        timer: Timer | None = None,
     ) -> None:
         self._target = target
         self._provider = provider
@@ -81,7 +80,7 @@ class ManagedTokenCredential:
         self._header_template = header_template
         self._margin = expiry_margin
         self._redactor = redactor
-        self._on_new_token = on_new_token
+        self._timer = timer
         self._grant: TokenGrant | None = None
         self._generation = 0
         self._lock = asyncio.Lock()
@@ -98,9 +97,11 @@ class ManagedTokenCredential:
     def expires_at(self) -> float | None:
         return self._grant.expires_at if self._grant else None
 
-    def on_new_token(self, callback: Callable[[float], None]) -> None:
-        """Call ``callback(renew_at)`` whenever a new token arrives (the scheduler hook)."""
-        self._on_new_token = callback
+    def start(self) -> None:
+        """Pick up a saved token; check every ``check_every``, and once ahead of each expiry."""
+        self.restore()
+        if self._timer is not None:
+            self._timer.every(f"{self._target}:token-check", self.check_every, self.renew_if_due)
 
     def restore(self) -> None:
         grant = self._store.load()
@@ -179,8 +180,7 @@ class ManagedTokenCredential:
             await self._login(reason=reason)
 
     async def _login(self, reason: str) -> TokenGrant:
-        now = self._clock.now()
-        if now < self._login_retry_at:
+        if self._clock.monotonic() < self._login_retry_at:
             raise LoginFailedError("login is backing off after a failure", retry_at=self._login_retry_at)
         self._log.info("login_started", reason=reason)
         try:
@@ -188,7 +188,7 @@ class ManagedTokenCredential:
         except TokenRequestError as error:
             self._login_failures += 1
             delay = backoff_delay(self._login_failures, self._retry.backoff, self._retry.max_backoff)
-            self._login_retry_at = self._clock.now() + delay
+            self._login_retry_at = self._clock.monotonic() + delay
             self._log.error(
                 "login_failed",
                 status=error.status,
@@ -243,8 +243,10 @@ class ManagedTokenCredential:
                 before_expiry=self._renewal.before_expiry,
                 hint="the token is renewed at half its lifetime; lower auth.refresh.before_expiry",
             )
-        if self._on_new_token is not None:
-            self._on_new_token(renewal_time(grant, self._renewal.before_expiry))
+        if self._timer is not None:
+            # A fixed interval alone could wake up just after the token died.
+            due = renewal_time(grant, self._renewal.before_expiry)
+            self._timer.at(f"{self._target}:token-due", due, self.renew_if_due)
 
     def _due(self, grant: TokenGrant) -> bool:
         return self._clock.now() >= renewal_time(grant, self._renewal.before_expiry)

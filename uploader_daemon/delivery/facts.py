@@ -42,21 +42,26 @@ class FileFacts:
         return self.path.name
 
     @property
+    def wire_name(self) -> str:
+        """The file name as it goes on the wire (see :func:`wire_text`)."""
+        return wire_text(self.path.name)
+
+    @property
     def mime_type(self) -> str:
         # Keyed on the last two suffixes: ".tar.gz" is a tar archive, ".gz" alone is not.
         return _mime_type("".join(PurePosixPath(self.path.name).suffixes[-2:]))
 
     def template_values(self) -> dict[str, object]:
         """The ``file`` namespace of templates."""
-        pure = PurePosixPath(self.path.name)
+        pure = PurePosixPath(self.wire_name)
         return {
-            "name": self.path.name,
+            "name": pure.name,
             "stem": pure.stem,
             "extension": pure.suffix,
             "size": self.size,
             "sha256": self.sha256,
             "mime_type": self.mime_type,
-            "relative_path": self.relative_path,
+            "relative_path": wire_text(self.relative_path),
         }
 
 
@@ -66,6 +71,22 @@ async def file_facts(
     """Facts about the open file; the SHA-256 (a full read) only when a template uses it."""
     digest = await asyncio.to_thread(_sha256, descriptor) if with_sha256 else None
     return FileFacts(path=path, relative_path=relative_path, size=size, sha256=digest, descriptor=descriptor)
+
+
+def wire_text(name: str) -> str:
+    """A file name as text for the wire (multipart file names, JSON bodies, URLs).
+
+    Linux names are bytes; one that is not valid UTF-8 (a legacy SMB or latin-1 client
+    wrote it) reaches Python with surrogate escapes, which no HTTP body can carry. Such
+    a name is decoded as latin-1 instead, which maps every byte to one character and is
+    what those clients meant: ``b"caf\\xe9.csv"`` goes out as ``café.csv``. The file
+    itself keeps its original bytes on disk, in the archive and in failed_dir.
+    """
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return os.fsencode(name).decode("latin-1")
+    return name
 
 
 @functools.lru_cache(maxsize=256)

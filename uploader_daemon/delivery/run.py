@@ -31,7 +31,7 @@ from uploader_daemon.errors import (
     StaleUploadGrantError,
     TransientDeliveryError,
 )
-from uploader_daemon.journal import FileRecord, Journal
+from uploader_daemon.journal import Claim, Journal
 from uploader_daemon.logs import get_logger
 from uploader_daemon.templating import references_in
 
@@ -103,13 +103,14 @@ class Delivery:
         self._journal = journal
         self._clock = clock
 
-    async def run(self, record: FileRecord, make_context: Callable[[dict[str, object]], StepContext]) -> None:
-        """Run the remaining steps of ``record``; the journal then says ``delivered``.
+    async def run(self, claim: Claim, make_context: Callable[[dict[str, object]], StepContext]) -> None:
+        """Run the remaining steps of the claimed file; the journal then says ``delivered``.
 
         ``make_context(values)`` builds the step context from the template values of
         the steps completed so far. Raises from the error tree on failure; the journal
         then knows which step was in flight.
         """
+        record = claim.record
         replanned = record.plan is not None and record.plan != self.plan
         # A checkpoint of another step list: its indexes would mean other steps.
         index = 0 if replanned else resume_point(self.steps, record.next_step, record.step_in_flight)
@@ -126,12 +127,12 @@ class Delivery:
         elif index > 0:
             bound.info("delivery_resuming", step=self.steps[index].name if index < len(self.steps) else None)
         if index >= len(self.steps):
-            self._journal.delivered(record.id, self._clock.now())
+            await self._journal.delivered(claim, self._clock.now())
             return
         restarts = 0
         while index < len(self.steps):
             step = self.steps[index]
-            self._journal.step_started(record.id, index, self.plan, self._clock.now())
+            await self._journal.step_started(claim, index, self.plan, self._clock.now())
             try:
                 produced = await run_step(step, make_context(outputs))
             except StaleUploadGrantError as error:
@@ -149,16 +150,16 @@ class Delivery:
                 )
                 outputs = {}
                 index = 0
-                self._journal.resume_at(record.id, 0, outputs, self._clock.now())
+                await self._journal.resume_at(claim, 0, outputs, self._clock.now())
                 continue
             except (LoginFailedError, DeliveryError) as error:
                 if _not_sent(error):
                     # Refused or never sent: the next attempt may send this step again.
-                    self._journal.resume_at(record.id, index, outputs, self._clock.now())
+                    await self._journal.resume_at(claim, index, outputs, self._clock.now())
                 raise
             outputs[step.name] = produced
-            self._journal.step_finished(
-                record.id, index, outputs, self._clock.now(), last=index == len(self.steps) - 1
+            await self._journal.step_finished(
+                claim, index, outputs, self._clock.now(), last=index == len(self.steps) - 1
             )
             bound.debug("step_done", step=step.name)
             index += 1

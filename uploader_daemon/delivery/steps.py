@@ -25,8 +25,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from uploader_daemon.activity import ApiActivity
-from uploader_daemon.auth.base import AuthHeaders, Credential
+from uploader_daemon.auth.wire import ForeignOriginError
 from uploader_daemon.config.upload import (
     ApiStep,
     DownloadStep,
@@ -36,6 +35,7 @@ from uploader_daemon.config.upload import (
     Step,
     StoragePostStep,
 )
+from uploader_daemon.delivery.body import FileShrankError, MultipartBody
 from uploader_daemon.delivery.facts import FileFacts
 from uploader_daemon.errors import (
     BadResponseError,
@@ -58,7 +58,7 @@ from uploader_daemon.templating import (
     render_text,
     render_tree,
 )
-from uploader_daemon.urls import join_url, safe_url, same_origin
+from uploader_daemon.urls import join_url
 
 log = get_logger(__name__)
 
@@ -71,13 +71,15 @@ _MAX_SUFFIX_BYTES = 20
 
 @dataclass(frozen=True)
 class StepContext:
-    """Everything a step needs besides its settings."""
+    """Everything a step needs besides its settings.
+
+    ``auth`` is the target's credential on the wire (:class:`~uploader_daemon.auth.wire.
+    CredentialAuth`), attached only to the steps that carry it.
+    """
 
     client: httpx.AsyncClient
     base_url: str
-    origin: tuple[str, str, int | None]
-    credential: Credential
-    activity: ApiActivity
+    auth: httpx.Auth
     file: FileFacts
     values: Mapping[str, object]
 
@@ -114,10 +116,13 @@ async def _request(step: RequestStep, context: StepContext) -> dict[str, object]
 
 async def _multipart(step: MultipartStep, context: StepContext) -> dict[str, object]:
     fields = {key: as_text(value) for key, value in render_tree(step.fields, context.values).items()}
-    with context.file.open() as handle:
-        files = {step.file_field: (context.file.name, handle, context.file.mime_type)}
-        response = await _api_call(step, step.method, context, {"data": fields, "files": files})
+    body = MultipartBody(fields, step.file_field, context.file, context.file.mime_type)
+    response = await _api_call(step, step.method, context, await _body_options(body))
     return _saved(step, response)
+
+
+async def _body_options(body: MultipartBody) -> dict[str, Any]:
+    return {"content": await body.content(), "headers": body.headers}
 
 
 async def _poll(step: PollStep, context: StepContext) -> dict[str, object]:
@@ -204,16 +209,16 @@ async def _storage_post(step: StoragePostStep, context: StepContext) -> dict[str
         raise BadResponseError(f"step {step.name}: the presigned fields are an empty mapping", step=step.name)
     form = {str(key): as_text(value) for key, value in granted.items()}
     form.update({key: render_text(value, context.values) for key, value in step.extra_fields.items()})
-    with context.file.open() as handle:
-        # httpx writes ``data`` parts before ``files`` parts: the file goes last, as S3 requires.
-        part_type = form.get("Content-Type", context.file.mime_type)
-        files = {step.file_field: (context.file.name, handle, part_type)}
-        try:
-            response = await send(context.client, "POST", url, data=form, files=files)
-        except NetworkError as error:
-            raise TransientDeliveryError(f"step {step.name}: {error}", step=step.name) from None
-        except InvalidRequestError as error:
-            raise PermanentDeliveryError(f"step {step.name}: {error}", step=step.name) from None
+    # The fields first, the file last, as S3 requires.
+    body = MultipartBody(
+        form, step.file_field, context.file, form.get("Content-Type", context.file.mime_type)
+    )
+    try:
+        response = await send(context.client, "POST", url, **await _body_options(body))
+    except (NetworkError, FileShrankError) as error:
+        raise TransientDeliveryError(f"step {step.name}: {error}", step=step.name) from None
+    except InvalidRequestError as error:
+        raise PermanentDeliveryError(f"step {step.name}: {error}", step=step.name) from None
     storage_error = _s3_error(response)
     if storage_error is not None:
         storage_error = (scrub_text(storage_error[0]), scrub_text(storage_error[1]))
@@ -240,28 +245,22 @@ async def _api_call(
     )
     query = {key: as_text(value) for key, value in render_tree(step.query, context.values).items()}
     headers = {key: render_text(value, context.values) for key, value in step.headers.items()}
-    used: AuthHeaders | None = None
-    if step.credential:
-        if not same_origin(url, context.origin):
-            raise PermanentDeliveryError(
-                f"step {step.name}: refusing to send the credential to {safe_url(url)}, which is not "
-                "api.base_url's host",
-                step=step.name,
-            )
-        used = await context.credential.headers()
-        headers.update(used.headers)
+    headers.update(options.pop("headers", {}))
     try:
         response = await send(
-            context.client, method, url, params=query or None, headers=headers, stream=stream, **options
+            context.client,
+            method,
+            url,
+            params=query or None,
+            headers=headers,
+            stream=stream,
+            auth=context.auth if step.credential else None,
+            **options,
         )
-    except NetworkError as error:
+    except (NetworkError, FileShrankError) as error:
         raise TransientDeliveryError(f"step {step.name}: {error}", step=step.name) from None
-    except InvalidRequestError as error:
+    except (InvalidRequestError, ForeignOriginError) as error:
         raise PermanentDeliveryError(f"step {step.name}: {error}", step=step.name) from None
-    if used is not None:
-        context.activity.touch()
-        if response.status_code == 401:
-            context.credential.rejected(used)
     accepted = (response.status_code in step.expect) if step.expect else 200 <= response.status_code < 300
     if not accepted:
         if stream:

@@ -1,4 +1,17 @@
-"""One configured target, wired: HTTP client, credential, workers, watcher, jobs."""
+"""One configured target, wired: every object it runs on is built here and passed down.
+
+::
+
+    FolderWatcher ──> ReadinessTracker ──> Intake ──> Journal
+         ^                                   │
+         │ resettle                          v
+    WorkerPool ────────────────────────> Schedule
+         │──> Execution ──> Delivery ──> steps ──> httpx (CredentialAuth)
+         └──> Outcomes  ──> file_moves, Journal
+
+No object reaches up to the one that owns it: what a lower object needs from a
+higher one (the watcher's "settle this file again") is passed down as an interface.
+"""
 
 from __future__ import annotations
 
@@ -6,18 +19,23 @@ import time
 from pathlib import Path
 
 from uploader_daemon.activity import ApiActivity
-from uploader_daemon.auth import ManagedTokenCredential, build_credential
+from uploader_daemon.auth import CredentialAuth, build_credential
 from uploader_daemon.clock import Clock
 from uploader_daemon.config.schema import TargetSettings
+from uploader_daemon.delivery.run import Delivery
+from uploader_daemon.drop_folder import DropFolder
 from uploader_daemon.errors import StateDirError
 from uploader_daemon.http import build_client
 from uploader_daemon.journal import Journal
 from uploader_daemon.logs import get_logger
-from uploader_daemon.readiness import Snapshot
+from uploader_daemon.pool.execution import Execution
+from uploader_daemon.pool.intake import Intake
+from uploader_daemon.pool.outcomes import Outcomes
+from uploader_daemon.pool.schedule import Schedule
+from uploader_daemon.pool.workers import WorkerPool
 from uploader_daemon.redaction import Redactor
 from uploader_daemon.scheduler import Scheduler
 from uploader_daemon.watcher import FolderWatcher
-from uploader_daemon.workers import TargetWorkers
 
 log = get_logger(__name__)
 
@@ -30,14 +48,17 @@ class TargetService:
         settings: TargetSettings,
         *,
         journal: Journal,
+        scheduler: Scheduler,
         tokens_dir: Path,
         clock: Clock,
         redactor: Redactor,
+        owner: str,
     ) -> None:
         self.settings = settings
-        self._journal = journal
+        self._scheduler = scheduler
+        self.schedule = Schedule()
         self.client = build_client(settings.api, settings.concurrency)
-        self.activity = ApiActivity(clock)
+        self.activity = ApiActivity(clock, self.schedule.files_waiting)
         self.credential = build_credential(
             settings,
             client=self.client,
@@ -45,23 +66,33 @@ class TargetService:
             activity=self.activity,
             tokens_dir=tokens_dir,
             redactor=redactor,
+            timer=scheduler,
         )
-        self.workers = TargetWorkers(
-            target=settings,
-            journal=journal,
-            clock=clock,
-            credential=self.credential,
-            activity=self.activity,
-            client=self.client,
-            redactor=redactor,
-        )
-        self.activity.watch_queue(self.workers.files_waiting)
+        folder = DropFolder(settings)
+        self.intake = Intake(settings, journal, self.schedule, clock)
         self.watcher = FolderWatcher(
-            settings, offer=self.workers.offer, already_handled=self._already_handled
+            settings, offer=self.intake.offer, already_handled=self.intake.known, folder=folder
         )
-        self.workers.on_changed = self.watcher.resettle
+        self.workers = WorkerPool(
+            target=settings,
+            schedule=self.schedule,
+            journal=journal,
+            execution=Execution(
+                target=settings,
+                delivery=Delivery(settings.steps, journal, clock),
+                folder=folder,
+                client=self.client,
+                auth=CredentialAuth(self.credential, settings.api.origin, self.activity),
+                credential=self.credential,
+                clock=clock,
+            ),
+            outcomes=Outcomes(settings, journal, clock, redactor),
+            resettle=self.watcher,
+            clock=clock,
+            owner=owner,
+        )
 
-    async def start(self, scheduler: Scheduler) -> None:
+    async def start(self) -> None:
         """Create output folders, pick up where the last run stopped, start watching."""
         name = self.settings.name
         for key, folder in self.settings.output_folders.items():
@@ -72,16 +103,9 @@ class TargetService:
                     f"target {name}: cannot create {key} {folder}: {error.strerror}; create it for the "
                     "daemon's user"
                 ) from None
-        credential = self.credential
-        if isinstance(credential, ManagedTokenCredential):
-            credential.on_new_token(
-                lambda when: scheduler.at(f"{name}:token-due", when, credential.renew_if_due)
-            )
-        credential.restore()
-        if credential.check_every is not None:
-            scheduler.every(f"{name}:token-check", credential.check_every, credential.renew_if_due)
+        self.credential.start()
         self.workers.start()
-        self.workers.resume_unfinished()
+        await self.intake.resume_unfinished()
         # Watch first, then scan: a file arriving in between is seen by both, never by none.
         self.watcher.start()
         started = time.monotonic()
@@ -95,10 +119,11 @@ class TargetService:
             mode="poll" if self.settings.watch.poll else "events",
             scan_ms=round((time.monotonic() - started) * 1000, 1),
         )
-        scheduler.every(f"{name}:rescan", self.settings.watch.rescan_every, self.watcher.scan)
+        self._scheduler.every(f"{name}:rescan", self.settings.watch.rescan_every, self.watcher.scan)
 
     async def stop_watching(self) -> None:
         await self.watcher.stop()
+        await self.intake.stop()
 
     async def stop(self, grace: float) -> None:
         """Stop workers (in-flight uploads get ``grace`` seconds)."""
@@ -111,8 +136,3 @@ class TargetService:
     def abort(self) -> None:
         """Cut off in-flight uploads now (a second stop signal)."""
         self.workers.abort()
-
-    def _already_handled(self, relative_path: str, snapshot: Snapshot) -> bool:
-        if self.workers.is_scheduled(relative_path):
-            return True
-        return self._journal.was_settled(self.settings.name, relative_path, *snapshot)

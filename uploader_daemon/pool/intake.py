@@ -1,0 +1,118 @@
+"""Admitting a target's ready files: a journal row first, then a place in the schedule.
+
+Readiness (:mod:`uploader_daemon.readiness`) says *when* a file is ready; the intake
+records it in the journal (``pending``, or nothing when the journal already knows this
+version) and queues it. Admission is a coroutine (the journal is), so ready files are
+collected and admitted by one task, in the order they became ready.
+
+The intake also answers the scans' question "can this file be skipped?": when it is
+scheduled, or when the journal refused this very version (kept, failed and left in
+place, or another daemon's) and it has not changed since.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import stat
+
+from uploader_daemon.clock import Clock
+from uploader_daemon.config.schema import TargetSettings
+from uploader_daemon.identity import FileIdentity
+from uploader_daemon.journal import Journal
+from uploader_daemon.logs import get_logger
+from uploader_daemon.pool.schedule import Schedule
+
+log = get_logger(__name__)
+
+# How many refused versions the intake remembers (deleted files are never forgotten one by one).
+_REFUSED_MEMORY = 100_000
+
+
+class Intake:
+    """Turns "this file is ready" into a journal row and a schedule entry."""
+
+    def __init__(self, target: TargetSettings, journal: Journal, schedule: Schedule, clock: Clock) -> None:
+        self._target = target
+        self._root = str(target.folder)
+        self._journal = journal
+        self._schedule = schedule
+        self._clock = clock
+        self._ready: dict[str, None] = {}  # insertion-ordered: first ready, first admitted
+        self._refused: dict[str, FileIdentity] = {}
+        self._admitting: asyncio.Task[None] | None = None
+        self._stopped = False
+        self._log = log.bind(target=target.name)
+
+    def offer(self, relative_path: str) -> None:
+        """A file is ready (called on the loop thread by readiness); never raises."""
+        if self._stopped or self._schedule.is_scheduled(relative_path):
+            return
+        self._ready[relative_path] = None
+        if self._admitting is None:
+            self._admitting = asyncio.get_running_loop().create_task(
+                self._admit_ready(), name=f"{self._target.name}-intake"
+            )
+
+    def known(self, relative_path: str, identity: FileIdentity) -> bool:
+        """Whether a scan may skip the file: scheduled, or this version was refused before."""
+        if relative_path in self._ready or self._schedule.is_scheduled(relative_path):
+            return True
+        refused = self._refused.get(relative_path)
+        return refused is not None and refused.same_version(identity)
+
+    async def resume_unfinished(self) -> int:
+        """Queue what the journal says is unfinished (after a restart); returns how many."""
+        records = await self._journal.unfinished(self._target.name)
+        for record in records:
+            self._schedule.put(record.path, record.id)
+        if records:
+            self._log.info("unfinished_files_resumed", files=len(records))
+        return len(records)
+
+    async def stop(self) -> None:
+        """Admit nothing more (what is not admitted yet is found again by the next start's scan)."""
+        self._stopped = True
+        self._ready.clear()
+        if self._admitting is not None:
+            self._admitting.cancel()
+            await asyncio.gather(self._admitting, return_exceptions=True)
+
+    async def _admit_ready(self) -> None:
+        try:
+            while self._ready and not self._stopped:
+                relative_path = next(iter(self._ready))
+                del self._ready[relative_path]
+                await self._admit(relative_path)
+        finally:
+            self._admitting = None
+
+    async def _admit(self, relative_path: str) -> None:
+        try:
+            info = os.lstat(os.path.join(self._root, relative_path))
+        except FileNotFoundError:
+            return
+        if not stat.S_ISREG(info.st_mode):
+            return
+        identity = FileIdentity.of(info)
+        try:
+            record = await self._journal.admit(self._target.name, relative_path, identity, self._clock.now())
+        except Exception as error:  # a full journal disk: the next rescan offers it again
+            self._log.error(
+                "admission_failed",
+                file=relative_path,
+                error=str(error),
+                error_type=type(error).__name__,
+                hint="the next rescan tries the file again; check the state_dir's disk",
+            )
+            self._log.debug("admission_traceback", exc_info=error)
+            return
+        if record is None:
+            if len(self._refused) >= _REFUSED_MEMORY:
+                self._refused.clear()  # only a shortcut: forgetting costs one look-up per file
+            self._refused[relative_path] = identity
+            return
+        self._refused.pop(relative_path, None)
+        if self._schedule.put(relative_path, record.id):
+            # Debug: at info, file_delivered (or a warning) is the one line per file.
+            self._log.debug("file_queued", file=relative_path, size=identity.size)
