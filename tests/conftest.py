@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import pytest
 import structlog
 
 from tests.helpers import write_config
+from tests.postgres import PostgresServer, PostgresUnavailable, find_postgres
 from uploader_daemon.emulator import Emulator, EmulatorSettings
 
 PASSWORD = "s3cret-Passw0rd"  # the emulator account the tests log in with
@@ -66,6 +68,31 @@ def folders(tmp_path: Path) -> dict[str, Path]:
     }
     paths["drop"].mkdir()
     return paths
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """A real PostgreSQL on a Unix socket for the session; skipped without the binaries, except in CI."""
+    try:
+        install = find_postgres()
+    except PostgresUnavailable as error:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"{error} CI installs it in .ci/run: PostgreSQL tests never skip in CI.")
+        pytest.skip(str(error))
+    # Not tmp_path: pytest's base directory is private to root, and the server may run as postgres.
+    with (
+        tempfile.TemporaryDirectory(prefix="uploader-pg-") as base_dir,
+        PostgresServer(Path(base_dir), install) as server,
+    ):
+        yield server
+
+
+@pytest.fixture
+def postgres_dsn(postgres_server: PostgresServer) -> Iterator[str]:
+    """The DSN of a fresh, empty database on the session's server, dropped after the test."""
+    name = postgres_server.create_database()
+    yield postgres_server.dsn(name)
+    postgres_server.drop_database(name)
 
 
 __all__ = ["PASSWORD", "write_config"]
