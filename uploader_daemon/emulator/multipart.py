@@ -8,19 +8,29 @@ stays bounded by ``chunk_size`` plus the boundary length, whatever the upload si
 The delimiter is ``CRLF "--" boundary`` (RFC 2046). The parser pretends the body starts
 with a CRLF so the first delimiter looks like every other one and needs no special
 case; this also makes a preamble before the first delimiter harmless.
+
+Filenames are kept exactly as sent (``FilePart.raw_filename``, bytes) and as text
+(``FilePart.filename``). Part headers are bytes of no declared charset, so the text is
+found the way servers do it (see ``parse_content_disposition``): RFC 5987/7578
+``filename*=charset''percent-encoded`` wins; otherwise the quoted value with its
+backslash escapes undone, then the HTML5 form escapes that browsers and httpx 0.28
+write (``%22`` for a quote, ``%0A`` and friends for control characters) undone, then
+decoded as UTF-8, or as latin-1 if that fails (a client sending raw latin-1 bytes).
 """
 
 from __future__ import annotations
 
+import codecs
 import enum
 import hashlib
 import os
+import re
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
-from urllib.parse import unquote
+from urllib.parse import unquote, unquote_to_bytes
 
 DEFAULT_CHUNK_SIZE = 64 * 1024
 DEFAULT_MAX_FIELD_BYTES = 1024 * 1024
@@ -28,6 +38,11 @@ DEFAULT_MAX_HEADER_BYTES = 16 * 1024
 DEFAULT_MAX_PARTS = 1000
 # RFC 2046: a boundary is 1 to 70 characters.
 _MAX_BOUNDARY_LENGTH = 70
+# The escapes of the HTML5 multipart/form-data encoding as httpx 0.28 writes them
+# (httpx/_multipart.py: '"' as %22, and every byte 0x00-0x1F except ESC 0x1B as %XX,
+# upper-case hex); backslash is written as a quoted-pair "\\". Only these are undone:
+# any other "%" was sent as itself, since the encoding does not escape "%".
+_FORM_ESCAPE = re.compile(rb"%(22|0[0-9A-F]|1[0-9ACDEF])")
 
 
 class MultipartError(ValueError):
@@ -44,6 +59,8 @@ class FilePart:
     path: Path
     size: int
     sha256: str
+    # The filename parameter's value exactly as on the wire (see parse_content_disposition).
+    raw_filename: bytes = b""
 
 
 @dataclass(frozen=True)
@@ -78,6 +95,114 @@ def parse_header_parameters(value: str) -> tuple[str, dict[str, str]]:
     head, _, rest = value.partition(";")
     parameters: dict[str, str] = {}
     extended: dict[str, str] = {}
+    for parameter in _split_parameters(rest):
+        if parameter.name.endswith("*"):
+            extended[parameter.name[:-1]] = _decode_extended_value(parameter.value)
+        else:
+            parameters[parameter.name] = parameter.value
+    parameters.update(extended)
+    return head.strip().lower(), parameters
+
+
+@dataclass(frozen=True)
+class ContentDisposition:
+    """A part's Content-Disposition: ``kind`` lowercased, ``name`` and ``filename`` as text.
+
+    ``raw_filename`` is the filename parameter's value exactly as it was on the wire:
+    the bytes between the quotes of ``filename="..."`` with no escape undone, or the
+    whole value of ``filename*=...`` when that one was sent (it wins).
+    """
+
+    kind: str
+    name: str | None
+    filename: str | None
+    raw_filename: bytes | None
+
+
+def parse_content_disposition(raw: bytes) -> ContentDisposition:
+    """Parse a part's Content-Disposition header from its raw bytes.
+
+    ``filename*=UTF-8''caf%C3%A9.csv`` (RFC 5987/7578) wins over ``filename``; its
+    charset is used if Python knows it and the bytes fit it. A plain ``filename``
+    (and ``name``) has its quoted-pairs and HTML5 form escapes undone and is decoded as
+    UTF-8, or latin-1 if it is not UTF-8: ``b'caf\\xc3\\xa9.csv'`` and ``b'caf\\xe9.csv'``
+    both read "café.csv", while ``raw_filename`` keeps them apart.
+
+    Raises:
+        MultipartError: a quoted string is not closed.
+    """
+    # latin-1 maps every byte to one character and back, so no byte is lost before the
+    # parameters are split; each value is decoded on its own afterwards.
+    head, _, rest = raw.decode("latin-1").partition(";")
+    plain: dict[str, _Parameter] = {}
+    extended: dict[str, _Parameter] = {}
+    for parameter in _split_parameters(rest):
+        if parameter.name.endswith("*"):
+            extended[parameter.name[:-1]] = parameter
+        else:
+            plain[parameter.name] = parameter
+
+    def text_of(name: str) -> tuple[str, bytes] | None:
+        if name in extended:
+            parameter = extended[name]
+            return _decode_extended_leniently(parameter.value), parameter.raw.encode("latin-1")
+        if name in plain:
+            parameter = plain[name]
+            unescaped = _FORM_ESCAPE.sub(_unescape_form_byte, parameter.value.encode("latin-1"))
+            return decode_wire_text(unescaped), parameter.raw.encode("latin-1")
+        return None
+
+    name, filename = text_of("name"), text_of("filename")
+    return ContentDisposition(
+        head.strip().lower(),
+        None if name is None else name[0],
+        None if filename is None else filename[0],
+        None if filename is None else filename[1],
+    )
+
+
+def decode_wire_text(data: bytes) -> str:
+    """Header bytes as text: UTF-8 when they are valid UTF-8, latin-1 otherwise (never fails)."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return data.decode("latin-1")
+
+
+def _unescape_form_byte(match: re.Match[bytes]) -> bytes:
+    return bytes([int(match.group(1), 16)])
+
+
+def _decode_extended_leniently(text: str) -> str:
+    """Decode an RFC 5987 value, falling back to UTF-8-else-latin-1 for a wrong charset."""
+    charset, quote, remainder = text.partition("'")
+    if not quote:
+        return decode_wire_text(unquote_to_bytes(text.encode("latin-1")))
+    _language, _, encoded = remainder.partition("'")
+    data = unquote_to_bytes(encoded.encode("latin-1"))
+    try:
+        codecs.lookup(charset or "utf-8")
+        return data.decode(charset or "utf-8")
+    except (LookupError, UnicodeDecodeError):
+        return decode_wire_text(data)
+
+
+@dataclass(frozen=True)
+class _Parameter:
+    """One ``name=value`` of a header: ``value`` with quoted-pairs undone, ``raw`` as sent."""
+
+    name: str
+    value: str
+    raw: str
+
+
+def _split_parameters(rest: str) -> list[_Parameter]:
+    """Split what follows a header's first ``;`` into its parameters, in order.
+
+    Raises:
+        MultipartError: a quoted string is not closed.
+    """
+    parameters: list[_Parameter] = []
     position = 0
     while position < len(rest):
         # Skip separators between parameters.
@@ -90,7 +215,7 @@ def parse_header_parameters(value: str) -> tuple[str, dict[str, str]]:
         if equals < 0 or (0 <= semicolon < equals):
             # A bare token without a value (seen in the wild): keep it as empty.
             end = len(rest) if semicolon < 0 else semicolon
-            parameters[rest[position:end].strip().lower()] = ""
+            parameters.append(_Parameter(rest[position:end].strip().lower(), "", ""))
             position = end
             continue
         name = rest[position:equals].strip().lower()
@@ -98,18 +223,16 @@ def parse_header_parameters(value: str) -> tuple[str, dict[str, str]]:
         while position < len(rest) and rest[position] in " \t":
             position += 1
         if position < len(rest) and rest[position] == '"':
+            start = position
             text, position = _read_quoted(rest, position)
+            raw = rest[start + 1 : position - 1]
         else:
             end = rest.find(";", position)
             end = len(rest) if end < 0 else end
-            text = rest[position:end].strip()
+            text = raw = rest[position:end].strip()
             position = end
-        if name.endswith("*"):
-            extended[name[:-1]] = _decode_extended_value(text)
-        else:
-            parameters[name] = text
-    parameters.update(extended)
-    return head.strip().lower(), parameters
+        parameters.append(_Parameter(name, text, raw))
+    return parameters
 
 
 def _read_quoted(text: str, start: int) -> tuple[str, int]:
@@ -238,9 +361,12 @@ class _FieldSink:
 class _FileSink:
     """Streams a file part into a spool file while hashing and counting it."""
 
-    def __init__(self, name: str, filename: str, content_type: str | None, spool_dir: Path) -> None:
+    def __init__(
+        self, name: str, filename: str, raw_filename: bytes, content_type: str | None, spool_dir: Path
+    ) -> None:
         self.name = name
         self.filename = filename
+        self.raw_filename = raw_filename
         self.content_type = content_type
         descriptor, path = tempfile.mkstemp(prefix="part-", dir=spool_dir)
         self.path = Path(path)
@@ -262,6 +388,7 @@ class _FileSink:
             self.path,
             self._size,
             self._digest.hexdigest(),
+            raw_filename=self.raw_filename,
         )
 
     def abort(self) -> None:
@@ -399,14 +526,18 @@ class _StreamingParser:
         disposition = headers.get("content-disposition")
         if disposition is None:
             raise MultipartError("a part has no Content-Disposition header")
-        kind, parameters = parse_header_parameters(disposition)
-        if kind != "form-data" or "name" not in parameters:
+        parsed = parse_content_disposition(disposition.encode("latin-1"))
+        if parsed.kind != "form-data" or parsed.name is None:
             raise MultipartError("a part's Content-Disposition is not form-data with a name")
-        name = parameters["name"]
-        if "filename" in parameters:
-            self._sink = _FileSink(name, parameters["filename"], headers.get("content-type"), self._spool_dir)
+        content_type = headers.get("content-type")
+        if content_type is not None:
+            content_type = decode_wire_text(content_type.encode("latin-1"))
+        if parsed.filename is not None and parsed.raw_filename is not None:
+            self._sink = _FileSink(
+                parsed.name, parsed.filename, parsed.raw_filename, content_type, self._spool_dir
+            )
         else:
-            self._sink = _FieldSink(name, self._max_field_bytes)
+            self._sink = _FieldSink(parsed.name, self._max_field_bytes)
 
     def _finish_part(self) -> None:
         sink = self._sink
@@ -420,12 +551,13 @@ class _StreamingParser:
 
 
 def _parse_part_headers(block: bytes) -> dict[str, str]:
-    """Parse a part's header block into a dict with lowercase names."""
-    try:
-        # Browsers and httpx send raw UTF-8 in filenames, so try that first.
-        text = block.decode("utf-8")
-    except UnicodeDecodeError:
-        text = block.decode("latin-1")
+    """Parse a part's header block into a dict with lowercase names.
+
+    Values are the header bytes read as latin-1, one character per byte, so nothing is
+    lost yet: ``_start_part`` decodes each value on its own (a raw UTF-8 filename and a
+    raw latin-1 one are told apart there).
+    """
+    text = block.decode("latin-1")
     headers: dict[str, str] = {}
     last_name: str | None = None
     for line in text.split("\r\n"):

@@ -29,20 +29,34 @@ from uploader_daemon.emulator.tokens import IssuedToken, TokenRegistry, TokenSta
 from uploader_daemon.emulator.wire import HttpError, Request, json_error
 
 _BEARER = re.compile(r"bearer\s+(\S+)\s*", re.IGNORECASE)
-_UNSAFE_NAME_CHARACTERS = re.compile(r"[\x00-\x1f/\\]")
+# Control characters (C0, DEL, C1) and lone surrogates, which JSON bodies may carry
+# ("\udce9") and which no file system encoding can write.
+_UNSAFE_NAME_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+# Linux allows 255 bytes per name; staying below leaves room for a suffix or prefix.
+MAX_FILENAME_BYTES = 200
+_MAX_KEPT_EXTENSION = 16
 
 
 def safe_filename(name: str, fallback: str = "upload.bin") -> str:
     """The last path component of a client-supplied filename, safe to create on disk.
 
     Clients may send ``../../etc/passwd`` or ``C:\\Users\\x.txt``; only the base name
-    is kept, and names that are empty or all dots fall back to ``fallback``.
+    is kept. Control characters and lone surrogates become "_"; names that are empty or
+    all dots fall back to ``fallback``; a name over ``MAX_FILENAME_BYTES`` in UTF-8 is
+    shortened at a character boundary, keeping a short extension. Any text works,
+    whether it was decoded from UTF-8, latin-1 or JSON.
     """
     base = re.split(r"[/\\]", name)[-1]
     base = _UNSAFE_NAME_CHARACTERS.sub("_", base).strip()
     if not base.strip("."):
         return fallback
-    return base[:200]
+    if len(base.encode("utf-8")) <= MAX_FILENAME_BYTES:
+        return base
+    stem, dot, extension = base.rpartition(".")
+    suffix = dot + extension if stem and len(extension) <= _MAX_KEPT_EXTENSION else ""
+    budget = MAX_FILENAME_BYTES - len(suffix.encode("utf-8"))
+    head = base[: len(base) - len(suffix)].encode("utf-8")[:budget].decode("utf-8", "ignore")
+    return head + suffix
 
 
 class EmulatorState:
@@ -138,6 +152,8 @@ class EmulatorState:
             dict(form.fields),
             form.part_order,
             dict(request.headers),
+            raw_filename=part.raw_filename,
+            idempotency_key=request.headers.get("idempotency-key"),
         )
 
     def authenticate(self, request: Request) -> str:

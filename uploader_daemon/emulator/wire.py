@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from uploader_daemon.emulator.models import BodyFraming
 from uploader_daemon.emulator.multipart import (
     MultipartError,
     MultipartForm,
@@ -114,7 +115,12 @@ class Request:
 
 @dataclass
 class Response:
-    """What to send back. ``file``, if set, is streamed from disk after ``body``."""
+    """What to send back.
+
+    The body is ``body``, then ``file`` streamed from disk, then the pieces of
+    ``stream()`` (exactly ``stream_length`` bytes in all), framed as ``framing`` says.
+    ``reset`` drops the answer: the connection is reset instead of sending anything.
+    """
 
     status: int
     body: bytes = b""
@@ -122,6 +128,10 @@ class Response:
     file: Path | None = None
     # Seconds to wait before answering (scripted slow responses).
     delay: float = 0.0
+    stream: Callable[[], Iterator[bytes]] | None = None
+    stream_length: int = 0
+    framing: BodyFraming = BodyFraming.CONTENT_LENGTH
+    reset: bool = False
 
 
 class HttpError(Exception):
