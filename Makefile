@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint bench install clean
+.PHONY: demo test lint coverage bench install clean
 
 # The stamp is rebuilt whenever pyproject.toml changes, so a pulled dependency
 # change is installed by the next make, and an unchanged tree installs nothing.
@@ -32,6 +32,14 @@ lint: $(VENV)/.lint-installed
 	$(BIN)/mypy
 	$(BIN)/ruff check uploader_daemon tests bench
 	$(BIN)/ruff format --check uploader_daemon tests bench
+	$(BIN)/lint-imports --no-cache
+
+# How much of the package the unit tests alone exercise (the lifecycle, the CLI and the
+# emulator are proven by the integration tests).
+coverage: $(VENV)/.lint-installed
+	$(BIN)/coverage run --source=uploader_daemon -m pytest -q -p no:cacheprovider tests/unit
+	$(BIN)/coverage report --skip-covered --sort=cover \
+		--omit='uploader_daemon/emulator/*,uploader_daemon/cli.py,uploader_daemon/demo.py,uploader_daemon/__main__.py,uploader_daemon/daemon.py'
 
 bench: $(STAMP)
 	$(BIN)/python bench/throughput.py

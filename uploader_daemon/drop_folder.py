@@ -21,7 +21,6 @@ from pathlib import Path
 
 from uploader_daemon.config.schema import TargetSettings
 from uploader_daemon.identity import FileIdentity
-from uploader_daemon.readiness import Snapshot
 
 # A sub-folder that vanished between its parent's listing and its own: moved or deleted,
 # which its own event reports; nothing to warn about.
@@ -32,7 +31,7 @@ GONE = (errno.ENOENT, errno.ENOTDIR)
 class Listing:
     """What listing a folder found; built in a worker thread, read on the loop."""
 
-    files: list[tuple[str, Snapshot]] = field(default_factory=list)
+    files: list[tuple[str, FileIdentity]] = field(default_factory=list)
     symlinks: list[str] = field(default_factory=list)
     unreadable: list[tuple[str, OSError]] = field(default_factory=list)  # sub-folders
     readable: list[str] = field(default_factory=list)  # sub-folders listed this time
@@ -101,7 +100,7 @@ class DropFolder:
         finally:
             os.close(directory)
 
-    def snapshot(self, relative_path: str) -> Snapshot | None:
+    def snapshot(self, relative_path: str) -> FileIdentity | None:
         """The identity of a regular file, else ``None``."""
         try:
             info = os.lstat(self.full(relative_path))
