@@ -38,32 +38,18 @@ from watchdog.events import (
     FileModifiedEvent,
     FileMovedEvent,
     FileSystemEvent,
-    FileSystemEventHandler,
 )
 from watchdog.observers.api import BaseObserver
-from watchdog.observers.polling import PollingObserver
 
 from uploader_daemon.config.schema import TargetSettings
 from uploader_daemon.drop_folder import GONE, DropFolder, Listing
 from uploader_daemon.identity import FileIdentity
 from uploader_daemon.logs import get_logger
+from uploader_daemon.observers import STOP_TIMEOUT, start_observer, stop_observer
 from uploader_daemon.readiness import ReadinessTracker, Snapshot
 
 log = get_logger(__name__)
 
-_EVENTS = [
-    FileCreatedEvent,
-    FileModifiedEvent,
-    FileClosedEvent,
-    FileMovedEvent,
-    FileDeletedEvent,
-    DirCreatedEvent,
-    DirMovedEvent,
-    DirDeletedEvent,
-]
-
-# How long stopping an observer may take before we give up on its thread (a daemon thread).
-_STOP_TIMEOUT = 5.0
 # What a file that is not there looks like to the tracker: never equal to a real one.
 _MISSING = FileIdentity(-1, -1)
 
@@ -129,8 +115,8 @@ class FolderWatcher:
             self._tracker.clear()
         async with self._observer_lock:
             observer, self._observer = self._observer, None
-            if observer is not None and not await asyncio.to_thread(_stop_observer, observer):
-                self._log.warning("watch_stop_timed_out", timeout=_STOP_TIMEOUT)
+            if observer is not None and not await asyncio.to_thread(stop_observer, observer):
+                self._log.warning("watch_stop_timed_out", timeout=STOP_TIMEOUT)
 
     def resettle(self, relative_path: str) -> None:
         """A queued file changed before its upload: watch it settle again."""
@@ -261,54 +247,14 @@ class FolderWatcher:
 
         Touches no state of the watcher: the loop thread stores what it returns.
         """
-        if old is not None and not _stop_observer(old):
+        if old is not None and not stop_observer(old):
             raise TimeoutError(errno.ETIMEDOUT, "the old observer did not stop")
         return self._start_observer(generation)
 
     def _start_observer(self, generation: int) -> tuple[BaseObserver, bool]:
-        """A started observer for the folder, and whether its events include closes.
-
-        Called on the loop thread at start and in a worker thread on a restart: it must
-        not touch the watcher's state.
-        """
-        observer, has_close = self._make_observer()
-        handler = _Forwarder(self, generation)
-        try:
-            observer.schedule(
-                handler, self._folder.root, recursive=self._target.recursive, event_filter=_EVENTS
-            )
-            observer.start()
-        except OSError as error:
-            if self._target.watch.poll:
-                raise
-            # inotify watch limits (ENOSPC) or an unsupported filesystem: keep working.
-            self._log.warning(
-                "inotify_unavailable",
-                error=str(error),
-                action="polling instead",
-                hint="raise fs.inotify.max_user_watches or set watch.poll: true",
-            )
-            observer = PollingObserver(timeout=self._target.watch.poll_interval)
-            observer.schedule(
-                handler, self._folder.root, recursive=self._target.recursive, event_filter=_EVENTS
-            )
-            observer.start()
-            has_close = False
-        return observer, has_close
-
-    def _make_observer(self) -> tuple[BaseObserver, bool]:
-        if self._target.watch.poll:
-            return PollingObserver(timeout=self._target.watch.poll_interval), False
-        try:
-            from watchdog.observers.inotify import InotifyObserver
-        except ImportError:  # not Linux: the platform's native observer, which has no close events
-            from watchdog.observers import Observer
-
-            observer: BaseObserver = Observer()
-            return observer, False
-        # Full events: a file moved in from outside arrives as a move, not as a creation
-        # that would wait for a close that never comes.
-        return InotifyObserver(generate_full_events=True), True
+        return start_observer(
+            self._target, self._folder.root, lambda event: self.post(event, generation), self._log
+        )
 
     def post(self, event: FileSystemEvent, generation: int) -> None:
         """Called in watchdog's thread: queue the event for the loop thread.
@@ -462,25 +408,3 @@ class FolderWatcher:
                 file=relative_path,
                 reason="symlinks are never followed out of a drop folder",
             )
-
-
-def _stop_observer(observer: BaseObserver) -> bool:
-    """Stop an observer and wait for its threads; False if they outlived the wait.
-
-    Blocking: call it in a worker thread.
-    """
-    observer.stop()
-    with contextlib.suppress(RuntimeError):  # never started
-        observer.join(_STOP_TIMEOUT)
-    return not observer.is_alive()
-
-
-class _Forwarder(FileSystemEventHandler):
-    """Runs in watchdog's thread: hands every event to the loop, nothing else."""
-
-    def __init__(self, watcher: FolderWatcher, generation: int) -> None:
-        self._watcher = watcher
-        self._generation = generation
-
-    def on_any_event(self, event: FileSystemEvent) -> None:
-        self._watcher.post(event, self._generation)
