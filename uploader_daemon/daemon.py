@@ -20,6 +20,7 @@ from uploader_daemon.clock import Clock, SystemClock
 from uploader_daemon.config.schema import Config
 from uploader_daemon.journal import Journal, SqliteJournal
 from uploader_daemon.logs import get_logger
+from uploader_daemon.monitor import QUIET, Listener
 from uploader_daemon.redaction import Redactor
 from uploader_daemon.scheduler import Scheduler
 from uploader_daemon.service import TargetService
@@ -41,11 +42,13 @@ class Daemon:
         redactor: Redactor,
         clock: Clock | None = None,
         handle_signals: bool = True,
+        listener: Listener = QUIET,
     ) -> None:
         self.config = config
         self._redactor = redactor
         self._clock = clock or SystemClock()
         self._handle_signals = handle_signals
+        self._listener = listener
         # This daemon's name on its journal claims.
         self.node = socket.gethostname()
         self._state = StateDir(config.state_dir)
@@ -113,6 +116,7 @@ class Daemon:
                 clock=self._clock,
                 redactor=self._redactor,
                 owner=self.node,
+                listener=self._listener,
             )
             self.services.append(service)
             await service.start()

@@ -14,7 +14,10 @@
     │                               into a TransientDeliveryError
     ├── InvalidRequestError         a request that cannot go on the wire (bad URL, header)
     └── DeliveryError               one file's delivery did not complete
-        ├── TransientDeliveryError  retry with backoff (408/429/5xx, network, timeout)
+        ├── TransientDeliveryError  retry with backoff (408/5xx, ...)
+        │   ├── ApiUnavailableError no answer (refused, reset, DNS, TLS, timeout) or 429/502/
+        │   │                       503/504: the API is down, not the file at fault; the
+        │   │                       target pauses and probes, no attempt is counted
         │   ├── BadResponseError    a 2xx whose body lacks what a later step needs
         │   └── PollDeadlineError   a poll never reached a terminal value in time
         ├── AuthRejectedError       401: the token used is discarded, retried after login
@@ -77,10 +80,14 @@ class LoginFailedError(UploaderError):
     login is attempted.
     """
 
-    def __init__(self, message: str, *, retry_at: float, status: int | None = None) -> None:
+    def __init__(
+        self, message: str, *, retry_at: float, status: int | None = None, rejected: bool = False
+    ) -> None:
         super().__init__(message)
         self.retry_at = retry_at
         self.status = status
+        # The identity service refused the credentials (as opposed to not answering).
+        self.rejected = rejected
 
 
 class TokenRequestError(UploaderError):
@@ -142,6 +149,14 @@ class TransientDeliveryError(DeliveryError):
     ) -> None:
         super().__init__(message, step=step, status=status, body_excerpt=body_excerpt)
         self.retry_after = retry_after
+
+
+class ApiUnavailableError(TransientDeliveryError):
+    """No answer at all, or one that says the service as a whole is unavailable.
+
+    That is an outage (or throttling), not this file's failure: the target pauses and
+    probes (:mod:`uploader_daemon.pool.gate`), and the file keeps its attempts.
+    """
 
 
 class BadResponseError(TransientDeliveryError):

@@ -19,6 +19,7 @@ import httpx
 
 from uploader_daemon.config.schema import ApiSettings
 from uploader_daemon.errors import (
+    ApiUnavailableError,
     AuthRejectedError,
     InvalidRequestError,
     NetworkError,
@@ -33,6 +34,8 @@ log = get_logger(__name__)
 
 EXCERPT_LENGTH = 500
 _RETRYABLE_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
+# Answers that speak for the whole service, not for the request: an outage or throttling.
+UNAVAILABLE_STATUSES = frozenset({429, 502, 503, 504})
 
 
 def build_client(api: ApiSettings, connections: int) -> httpx.AsyncClient:
@@ -121,7 +124,8 @@ def check_status(
     """Raise the right error unless ``response`` has an accepted status.
 
     Accepted: ``expect`` when given, else any 2xx. 401 on a credentialed request is
-    :class:`AuthRejectedError`; 408/425/429/5xx are transient; other statuses are
+    :class:`AuthRejectedError`; 429/502/503/504 say the service is unavailable
+    (:class:`ApiUnavailableError`); 408/425/other 5xx are transient; other statuses are
     permanent. ``detail`` is appended to the message (a storage's error code). The body
     must already be read.
     """
@@ -137,7 +141,8 @@ def check_status(
             body_excerpt=body,
         )
     if status in _RETRYABLE_STATUSES or status >= 500:
-        raise TransientDeliveryError(
+        kind = ApiUnavailableError if status in UNAVAILABLE_STATUSES else TransientDeliveryError
+        raise kind(
             f"step {step}: the server answered {status}{_reason_phrase(response)}{detail}",
             step=step,
             status=status,

@@ -5,7 +5,7 @@
     FolderWatcher ──> ReadinessTracker ──> Intake ──> Journal
          ^                                   │
          │ resettle                          v
-    WorkerPool ────────────────────────> Schedule
+    WorkerPool ──────────> ApiGate ────> Schedule
          │──> Execution ──> Delivery ──> steps ──> httpx (CredentialAuth)
          └──> Outcomes  ──> file_moves, Journal
 
@@ -28,7 +28,9 @@ from uploader_daemon.errors import StateDirError
 from uploader_daemon.http import build_client
 from uploader_daemon.journal import Journal
 from uploader_daemon.logs import get_logger
+from uploader_daemon.monitor import QUIET, Listener
 from uploader_daemon.pool.execution import Execution
+from uploader_daemon.pool.gate import ApiGate
 from uploader_daemon.pool.intake import Intake
 from uploader_daemon.pool.outcomes import Outcomes
 from uploader_daemon.pool.schedule import Schedule
@@ -53,10 +55,13 @@ class TargetService:
         clock: Clock,
         redactor: Redactor,
         owner: str,
+        listener: Listener = QUIET,
     ) -> None:
         self.settings = settings
         self._scheduler = scheduler
+        events = listener.target(settings.name)
         self.schedule = Schedule()
+        self.gate = ApiGate(settings.name, settings.retry, self.schedule, clock, events)
         self.client = build_client(settings.api, settings.concurrency)
         self.activity = ApiActivity(clock, self.schedule.files_waiting)
         self.credential = build_credential(
@@ -67,6 +72,7 @@ class TargetService:
             tokens_dir=tokens_dir,
             redactor=redactor,
             timer=scheduler,
+            events=events,
         )
         folder = DropFolder(settings)
         self.intake = Intake(settings, journal, self.schedule, clock)
@@ -85,8 +91,10 @@ class TargetService:
                 auth=CredentialAuth(self.credential, settings.api.origin, self.activity),
                 credential=self.credential,
                 clock=clock,
+                events=events,
             ),
-            outcomes=Outcomes(settings, journal, clock, redactor),
+            outcomes=Outcomes(settings, journal, clock, redactor, events),
+            gate=self.gate,
             resettle=self.watcher,
             clock=clock,
             owner=owner,

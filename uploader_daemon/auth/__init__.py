@@ -19,6 +19,7 @@ from uploader_daemon.auth.wire import CredentialAuth, ForeignOriginError
 from uploader_daemon.clock import Clock
 from uploader_daemon.config.auth import CognitoAuth, HeadersAuth, RenewalSettings, TokenAuth
 from uploader_daemon.config.schema import TargetSettings
+from uploader_daemon.monitor import QUIET, TargetEvents
 from uploader_daemon.redaction import Redactor
 
 __all__ = [
@@ -42,6 +43,7 @@ def build_credential(
     tokens_dir: Path,
     redactor: Redactor,
     timer: Timer | None = None,
+    events: TargetEvents = QUIET,
 ) -> Credential:
     """The credential object for ``target``'s ``auth:`` settings; renewal checks go on ``timer``."""
     auth = target.auth
@@ -50,7 +52,7 @@ def build_credential(
     provider: TokenProvider
     renewal: RenewalSettings
     if isinstance(auth, TokenAuth):
-        provider = HttpTokenProvider(auth, target.api.base_url, client, clock)
+        provider = HttpTokenProvider(auth, target.api.base_url, client, clock, events)
         identity = f"token {target.api.base_url}{auth.login.path} {auth.login.username}"
         renewal = auth.refresh
     elif isinstance(auth, CognitoAuth):
@@ -74,4 +76,5 @@ def build_credential(
         expiry_margin=auth.expiry_margin,
         redactor=redactor,
         timer=timer,
+        events=events,
     )

@@ -18,6 +18,7 @@ from uploader_daemon.clock import Clock
 from uploader_daemon.config.auth import TokenAuth
 from uploader_daemon.errors import TokenRequestError, UploaderError
 from uploader_daemon.http import excerpt, send
+from uploader_daemon.monitor import QUIET, TargetEvents
 from uploader_daemon.redaction import REDACTED
 from uploader_daemon.templating import MissingValueError, dig, dig_optional
 from uploader_daemon.urls import join_url
@@ -29,11 +30,19 @@ _HEADER_SAFE = re.compile(r"[\x21-\x7e]+")
 class HttpTokenProvider:
     """Logs in and refreshes against the target's API."""
 
-    def __init__(self, settings: TokenAuth, base_url: str, client: httpx.AsyncClient, clock: Clock) -> None:
+    def __init__(
+        self,
+        settings: TokenAuth,
+        base_url: str,
+        client: httpx.AsyncClient,
+        clock: Clock,
+        events: TargetEvents = QUIET,
+    ) -> None:
         self._settings = settings
         self._base_url = base_url
         self._client = client
         self._clock = clock
+        self._events = events
 
     @property
     def can_refresh(self) -> bool:
@@ -78,8 +87,10 @@ class HttpTokenProvider:
         try:
             response = await send(self._client, method, join_url(self._base_url, path), **options)
         except UploaderError as error:  # no answer, or a request HTTP cannot carry
+            self._events.request_answered(what, None)
             raise TokenRequestError(f"{what} request failed: {error}") from None
         status = response.status_code
+        self._events.request_answered(what, status)
         if not 200 <= status < 300:
             body = self._excerpt(response, 200)
             raise TokenRequestError(

@@ -31,6 +31,7 @@ from uploader_daemon.config.auth import RenewalSettings
 from uploader_daemon.config.schema import RetrySettings
 from uploader_daemon.errors import LoginFailedError, TokenRequestError
 from uploader_daemon.logs import get_logger
+from uploader_daemon.monitor import QUIET, Outcome, TargetEvents
 from uploader_daemon.redaction import Redactor
 
 log = get_logger(__name__)
@@ -68,6 +69,7 @@ class ManagedTokenCredential:
         expiry_margin: float,
         redactor: Redactor,
         timer: Timer | None = None,
+        events: TargetEvents = QUIET,
     ) -> None:
         self._target = target
         self._provider = provider
@@ -81,6 +83,8 @@ class ManagedTokenCredential:
         self._margin = expiry_margin
         self._redactor = redactor
         self._timer = timer
+        self._events = events
+        self._last_login_error: LoginFailedError | None = None
         self._grant: TokenGrant | None = None
         self._generation = 0
         self._lock = asyncio.Lock()
@@ -161,6 +165,7 @@ class ManagedTokenCredential:
         try:
             new_grant = await self._provider.refresh(grant)
         except TokenRequestError as error:
+            self._events.refresh_finished(Outcome.REJECTED if error.rejected else Outcome.FAILED)
             if error.rejected:
                 self._log.warning("token_refresh_rejected", status=error.status, error=str(error))
                 await self._login_quietly(reason="refresh rejected")
@@ -172,6 +177,7 @@ class ManagedTokenCredential:
                     action="keeping the current token; trying again at the next check",
                 )
             return
+        self._events.refresh_finished(Outcome.SUCCESS)
         self._accept(new_grant, event="token_refreshed")
 
     async def _login_quietly(self, reason: str) -> None:
@@ -180,26 +186,48 @@ class ManagedTokenCredential:
             await self._login(reason=reason)
 
     async def _login(self, reason: str) -> TokenGrant:
-        if self._clock.monotonic() < self._login_retry_at:
-            raise LoginFailedError("login is backing off after a failure", retry_at=self._login_retry_at)
+        last = self._last_login_error
+        if last is not None and self._clock.monotonic() < self._login_retry_at:
+            raise LoginFailedError(
+                f"{last} (the login is backing off)",
+                retry_at=self._login_retry_at,
+                status=last.status,
+                rejected=last.rejected,
+            )
         self._log.info("login_started", reason=reason)
         try:
             grant = self._fresh(await self._provider.login())
         except TokenRequestError as error:
+            self._events.login_finished(Outcome.REJECTED if error.rejected else Outcome.FAILED)
             self._login_failures += 1
             delay = backoff_delay(self._login_failures, self._retry.backoff, self._retry.max_backoff)
             self._login_retry_at = self._clock.monotonic() + delay
-            self._log.error(
-                "login_failed",
-                status=error.status,
-                error=str(error),
-                failures=self._login_failures,
-                retry_in=round(delay, 1),
-                hint="check the username and password" if error.rejected else None,
+            if error.rejected or self._login_failures == 1:
+                self._log.error(
+                    "login_failed",
+                    status=error.status,
+                    error=str(error),
+                    failures=self._login_failures,
+                    retry_in=round(delay, 1),
+                    hint="check the username and password" if error.rejected else None,
+                )
+            else:
+                # An API that does not answer is logged once, as an outage, by the pool.
+                self._log.info(
+                    "login_still_failing",
+                    error=str(error),
+                    failures=self._login_failures,
+                    retry_in=round(delay, 1),
+                )
+            failure = LoginFailedError(
+                str(error), retry_at=self._login_retry_at, status=error.status, rejected=error.rejected
             )
-            raise LoginFailedError(str(error), retry_at=self._login_retry_at, status=error.status) from None
+            self._last_login_error = failure
+            raise failure from None
+        self._events.login_finished(Outcome.SUCCESS)
         self._login_failures = 0
         self._login_retry_at = 0.0
+        self._last_login_error = None
         self._accept(grant, event="logged_in")
         return grant
 

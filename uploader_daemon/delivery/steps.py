@@ -38,6 +38,7 @@ from uploader_daemon.config.upload import (
 from uploader_daemon.delivery.body import FileShrankError, MultipartBody
 from uploader_daemon.delivery.facts import FileFacts
 from uploader_daemon.errors import (
+    ApiUnavailableError,
     BadResponseError,
     InvalidRequestError,
     NetworkError,
@@ -49,6 +50,7 @@ from uploader_daemon.errors import (
 from uploader_daemon.file_moves import place
 from uploader_daemon.http import EXCERPT_LENGTH, check_status, excerpt, send
 from uploader_daemon.logs import get_logger
+from uploader_daemon.monitor import QUIET, TargetEvents
 from uploader_daemon.redaction import redact_structure, scrub_text
 from uploader_daemon.templating import (
     MissingValueError,
@@ -82,6 +84,7 @@ class StepContext:
     auth: httpx.Auth
     file: FileFacts
     values: Mapping[str, object]
+    events: TargetEvents = QUIET
 
 
 async def run_step(step: Step, context: StepContext) -> dict[str, object]:
@@ -180,7 +183,8 @@ async def _download(step: DownloadStep, context: StepContext) -> dict[str, objec
             await asyncio.to_thread(_discard, partial)
             raise
     except httpx.HTTPError as error:
-        raise TransientDeliveryError(
+        # The connection dropped mid-way: the API stopped answering, not the file's fault.
+        raise ApiUnavailableError(
             f"step {step.name}: the download broke off: {scrub_text(str(error))}", step=step.name
         ) from None
     except OSError as error:
@@ -215,10 +219,14 @@ async def _storage_post(step: StoragePostStep, context: StepContext) -> dict[str
     )
     try:
         response = await send(context.client, "POST", url, **await _body_options(body))
-    except (NetworkError, FileShrankError) as error:
+    except NetworkError as error:
+        context.events.request_answered(step.name, None)
+        raise ApiUnavailableError(f"step {step.name}: {error}", step=step.name) from None
+    except FileShrankError as error:
         raise TransientDeliveryError(f"step {step.name}: {error}", step=step.name) from None
     except InvalidRequestError as error:
         raise PermanentDeliveryError(f"step {step.name}: {error}", step=step.name) from None
+    context.events.request_answered(step.name, response.status_code)
     storage_error = _s3_error(response)
     if storage_error is not None:
         storage_error = (scrub_text(storage_error[0]), scrub_text(storage_error[1]))
@@ -257,10 +265,14 @@ async def _api_call(
             auth=context.auth if step.credential else None,
             **options,
         )
-    except (NetworkError, FileShrankError) as error:
+    except NetworkError as error:
+        context.events.request_answered(step.name, None)
+        raise ApiUnavailableError(f"step {step.name}: {error}", step=step.name) from None
+    except FileShrankError as error:
         raise TransientDeliveryError(f"step {step.name}: {error}", step=step.name) from None
     except (InvalidRequestError, ForeignOriginError) as error:
         raise PermanentDeliveryError(f"step {step.name}: {error}", step=step.name) from None
+    context.events.request_answered(step.name, response.status_code)
     accepted = (response.status_code in step.expect) if step.expect else 200 <= response.status_code < 300
     if not accepted:
         if stream:

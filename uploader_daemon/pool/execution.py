@@ -28,6 +28,7 @@ from uploader_daemon.errors import DeliveryError, LoginFailedError
 from uploader_daemon.identity import FileIdentity
 from uploader_daemon.journal import Claim
 from uploader_daemon.logs import get_logger
+from uploader_daemon.monitor import QUIET, TargetEvents
 
 log = get_logger(__name__)
 
@@ -54,6 +55,7 @@ class Attempt:
     error: DeliveryError | LoginFailedError | None = None
     sent: FileIdentity | None = None
     seconds: float | None = None
+    started: float = 0.0  # monotonic
 
 
 class Execution:
@@ -69,8 +71,10 @@ class Execution:
         auth: httpx.Auth,
         credential: Credential,
         clock: Clock,
+        events: TargetEvents = QUIET,
     ) -> None:
         self._target = target
+        self._events = events
         self._delivery = delivery
         self._folder = folder
         self._client = client
@@ -85,17 +89,18 @@ class Execution:
     async def run(self, claim: Claim) -> Attempt:
         """Attempt the delivery of the claimed file; never raises a delivery's own errors."""
         record = claim.record
+        started = self._clock.monotonic()
         opened = self._open(record.path, record.identity)
         if isinstance(opened, Ending):
-            return Attempt(opened)
+            return Attempt(opened, started=started)
         descriptor, sent = opened
         try:
             if self._needs_login:
                 try:
                     await self._credential.headers()
                 except LoginFailedError as error:
-                    return Attempt(Ending.WAITING_FOR_LOGIN, error)
-            return await self._deliver(claim, descriptor, sent)
+                    return Attempt(Ending.WAITING_FOR_LOGIN, error, started=started)
+            return await self._deliver(claim, descriptor, sent, started)
         finally:
             os.close(descriptor)
 
@@ -121,7 +126,7 @@ class Execution:
             return Ending.CHANGED_BEFORE
         return descriptor, opened
 
-    async def _deliver(self, claim: Claim, descriptor: int, sent: FileIdentity) -> Attempt:
+    async def _deliver(self, claim: Claim, descriptor: int, sent: FileIdentity, started: float) -> Attempt:
         record = claim.record
         facts = await file_facts(
             self._target.folder / record.path,
@@ -139,16 +144,16 @@ class Execution:
                 auth=self._auth,
                 file=facts,
                 values={"file": file_values, "target": self._target_values, **outputs},
+                events=self._events,
             )
 
-        started = self._clock.monotonic()
         self._log.debug("delivery_started", file=record.path, attempt=record.attempts + 1, size=facts.size)
         try:
             await self._delivery.run(claim, context)
         except (LoginFailedError, DeliveryError) as error:
             ending = Ending.WAITING_FOR_LOGIN if isinstance(error, LoginFailedError) else Ending.FAILED
-            return Attempt(ending, error, sent)
+            return Attempt(ending, error, sent, started=started)
         seconds = self._clock.monotonic() - started
         if not FileIdentity.of(os.fstat(descriptor)).same_version(sent):
-            return Attempt(Ending.CHANGED_DURING, sent=sent, seconds=seconds)
-        return Attempt(Ending.DELIVERED, sent=sent, seconds=seconds)
+            return Attempt(Ending.CHANGED_DURING, sent=sent, seconds=seconds, started=started)
+        return Attempt(Ending.DELIVERED, sent=sent, seconds=seconds, started=started)

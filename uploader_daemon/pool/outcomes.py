@@ -40,6 +40,7 @@ from uploader_daemon.file_moves import CopyNeededError, FileChangedError, Sideca
 from uploader_daemon.identity import FileIdentity
 from uploader_daemon.journal import Claim, Disposition, Journal
 from uploader_daemon.logs import get_logger
+from uploader_daemon.monitor import QUIET, TargetEvents
 from uploader_daemon.redaction import Redactor
 
 log = get_logger(__name__)
@@ -73,8 +74,16 @@ class Presence(enum.Enum):
 class Outcomes:
     """Files a target's delivered files away, retries failures, parks what cannot go."""
 
-    def __init__(self, target: TargetSettings, journal: Journal, clock: Clock, redactor: Redactor) -> None:
+    def __init__(
+        self,
+        target: TargetSettings,
+        journal: Journal,
+        clock: Clock,
+        redactor: Redactor,
+        events: TargetEvents = QUIET,
+    ) -> None:
         self._target = target
+        self._events = events
         self._journal = journal
         self._clock = clock
         # Reports quote server answers, which may echo a token they were sent.
@@ -122,6 +131,7 @@ class Outcomes:
                 + "; the file was delivered and will not be sent again",
             )
             return Verdict.RETRY_FILING
+        self._events.file_delivered(record.path, record.size, seconds)
         if presence is Presence.REPLACED:
             await self._journal.finish(claim, Disposition.REPLACED, None, self._clock.now())
             self._log.info(
@@ -146,6 +156,7 @@ class Outcomes:
     async def changed_during_upload(self, claim: Claim) -> None:
         """Delivered, but written to meanwhile: this version is done, the new one goes too."""
         await self._journal.finish(claim, Disposition.CHANGED, None, self._clock.now())
+        self._events.file_delivered(claim.record.path, claim.record.size, None)
         self._log.warning(
             "file_changed_during_upload",
             file=claim.record.path,
@@ -221,6 +232,8 @@ class Outcomes:
             )
             return Verdict.REPLACED
         self._log.error("file_failed", **failure)
+        if disposition in (Disposition.PARKED, Disposition.LEFT_IN_PLACE):
+            self._events.file_parked(record.path, destination, _reason(error.status, message))
         return Verdict.SETTLED
 
     async def _park(
@@ -288,6 +301,12 @@ class Outcomes:
                 "folder) and list them in the unit's ReadWritePaths="
             )
         return f"check {folders}"
+
+
+def _reason(status: int | None, message: str) -> str:
+    """One line for an alert: the status (when there was one) and the cause."""
+    line = " ".join(message.split())
+    return f"{status}: {line}" if status is not None else line
 
 
 async def _move(mover: Callable[..., Path], *arguments: Any, **options: Any) -> Path:

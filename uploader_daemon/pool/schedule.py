@@ -5,8 +5,9 @@ for, its phase, its timer. The journal says *what* state a file is in; the sched
 *when* this process works on it next. The queue is ordered by discovery (journal row
 id), so files go out in the order they arrived.
 
-A target can be paused as a whole (login backing off, the API down): :meth:`take`
-then waits until the pause ends or :meth:`resume` lifts it early. Everything runs on the
+A target can be held as a whole (login backing off, the API down): :meth:`take` hands
+out nothing until the hold ends, then exactly one file (the probe) and nothing more until
+:meth:`resume` lifts the hold or :meth:`hold` sets the next one. Everything runs on the
 event loop's thread; delays are loop (monotonic) time.
 """
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import math
 from dataclasses import dataclass, field
 
 
@@ -43,9 +45,9 @@ class Schedule:
     def __init__(self) -> None:
         self._entries: dict[str, _Entry] = {}
         self._queue: asyncio.PriorityQueue[tuple[int, str]] = asyncio.PriorityQueue()
-        self._paused_until = 0.0
-        self._resumed = asyncio.Event()
-        self._resumed.set()
+        self._held_until = 0.0
+        self._holding = False  # after the hold: one probe, then wait for resume() or hold()
+        self._hold_changed = asyncio.Event()  # replaced on every change: waiters look again
         self._closed = False
 
     # --- what is scheduled -----------------------------------------------------------
@@ -107,7 +109,7 @@ class Schedule:
         Raises :class:`ScheduleClosedError` once the schedule is closed.
         """
         while True:
-            await self._pause_over()
+            await self._hold_over()
             if self._closed:
                 raise ScheduleClosedError
             record_id, path = await self._queue.get()
@@ -116,31 +118,47 @@ class Schedule:
                 continue  # dropped or rescheduled since it was queued
             if self._closed:
                 raise ScheduleClosedError
+            if self._holding and not self._hold_over_now():
+                # Held again while this taker waited on the queue: put the file back.
+                self._queue.put_nowait((record_id, path))
+                continue
+            if self._holding:
+                # This file is the probe: nothing else goes until the hold is lifted or set anew.
+                self._held_until = math.inf
             entry.phase = Phase.RUNNING
             return path, record_id
 
-    # --- pausing ---------------------------------------------------------------------
+    # --- holding ---------------------------------------------------------------------
 
-    def pause(self, until: float) -> None:
-        """Hand out nothing before loop time ``until`` (extends, never shortens, a pause)."""
-        if until > self._paused_until:
-            self._paused_until = until
-            self._resumed.clear()
+    def hold(self, until: float) -> None:
+        """Hand out nothing before loop time ``until``, then one probe (see the module docstring)."""
+        self._holding = True
+        self._held_until = until
+        self._wake_takers()
 
     def resume(self) -> None:
-        """Lift a pause now."""
-        self._paused_until = 0.0
-        self._resumed.set()
+        """Lift the hold: every worker may take files again."""
+        self._holding = False
+        self._held_until = 0.0
+        self._wake_takers()
+
+    def _wake_takers(self) -> None:
+        self._hold_changed.set()
+        self._hold_changed = asyncio.Event()
 
     @property
-    def paused(self) -> bool:
-        return asyncio.get_running_loop().time() < self._paused_until
+    def held(self) -> bool:
+        return self._holding
 
-    async def _pause_over(self) -> None:
+    def _hold_over_now(self) -> bool:
+        return asyncio.get_running_loop().time() >= self._held_until
+
+    async def _hold_over(self) -> None:
         loop = asyncio.get_running_loop()
-        while not self._closed and (remaining := self._paused_until - loop.time()) > 0:
+        while not self._closed and (remaining := self._held_until - loop.time()) > 0:
+            timeout = None if math.isinf(remaining) else remaining
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._resumed.wait(), remaining)
+                await asyncio.wait_for(self._hold_changed.wait(), timeout)
 
     # --- stopping --------------------------------------------------------------------
 
@@ -149,7 +167,7 @@ class Schedule:
         self._closed = True
         for entry in self._entries.values():
             self._cancel_timer(entry)
-        self._resumed.set()
+        self._wake_takers()
 
     # --- internals -------------------------------------------------------------------
 

@@ -5,9 +5,10 @@ For each file a worker claims its journal row, has the delivery executed
 
 - delivered: filed away (:mod:`.outcomes`); a file written to while it was being sent
   is delivered again in its new version;
-- no valid credential and the login fails: the file goes back to pending without using
-  an attempt, and the whole target pauses until the login backoff ends, so nothing is
-  sent while unauthenticated;
+- no valid credential and the login fails, or the API does not answer (an outage, see
+  :mod:`.gate`): the file goes back to pending without using an attempt, and the whole
+  target holds its files, probing with one at a time, so nothing is sent while
+  unauthenticated and nothing is blamed for an outage;
 - a failure: retried after a backoff, or given up on (see :mod:`.outcomes`);
 - changed since it was found ready: it waits to settle again; unreadable: logged once,
   tried again at the next rescan; gone: forgotten.
@@ -26,15 +27,19 @@ from typing import Protocol
 from uploader_daemon.backoff import backoff_delay
 from uploader_daemon.clock import Clock
 from uploader_daemon.config.schema import TargetSettings
-from uploader_daemon.errors import LoginFailedError, TransientDeliveryError
+from uploader_daemon.errors import ApiUnavailableError, LoginFailedError, TransientDeliveryError
 from uploader_daemon.journal import Claim, FileState, Journal
 from uploader_daemon.logs import get_logger
 from uploader_daemon.pool.execution import Attempt, Ending, Execution
+from uploader_daemon.pool.gate import ApiGate
 from uploader_daemon.pool.outcomes import Outcomes, Verdict
 from uploader_daemon.pool.schedule import Schedule, ScheduleClosedError
 
 log = get_logger(__name__)
 
+_NO_REQUEST = frozenset(
+    {Ending.CHANGED_BEFORE, Ending.UNREADABLE, Ending.VANISHED, Ending.SYMLINK, Ending.NOT_REGULAR}
+)
 _GONE_REASONS = {
     Ending.VANISHED: ("file_vanished", "removed from the drop folder before delivery"),
     Ending.SYMLINK: ("symlink_skipped", "it or a folder on its way became a symlink"),
@@ -59,6 +64,7 @@ class WorkerPool:
         journal: Journal,
         execution: Execution,
         outcomes: Outcomes,
+        gate: ApiGate,
         resettle: Resettle,
         clock: Clock,
         owner: str,
@@ -68,6 +74,7 @@ class WorkerPool:
         self._journal = journal
         self._execution = execution
         self._outcomes = outcomes
+        self._gate = gate
         self._resettle = resettle
         self._clock = clock
         self._owner = owner
@@ -167,11 +174,19 @@ class WorkerPool:
         path = claim.record.path
         ending = attempt.ending
         if ending is Ending.DELIVERED:
+            self._gate.answered()
             self._unreadable.discard(path)
             await self._file_away(claim, attempt)
+        elif ending is Ending.FAILED and isinstance(attempt.error, ApiUnavailableError):
+            # An outage, not the file's fault: no attempt counted; it waits for the API.
+            error = attempt.error
+            await self._journal.release(claim, self._clock.now())
+            self._gate.unavailable(error.message, started=attempt.started, retry_after=error.retry_after)
+            self._schedule.later(path, claim.record_id, 0.0)
         elif ending is Ending.FAILED:
             assert attempt.error is not None
             assert not isinstance(attempt.error, LoginFailedError)
+            self._gate.answered()
             after = await self._outcomes.failed(claim, attempt.error, attempt.sent)
             if after.verdict is Verdict.RETRY:
                 self._schedule.later(path, claim.record_id, after.delay)
@@ -184,8 +199,9 @@ class WorkerPool:
             midway = attempt.sent is not None
             note = "waiting for a successful login" if midway else None
             await self._journal.release(claim, self._clock.now(), error=note)
-            self._wait_for_login(path, claim.record_id, attempt.error)
+            self._wait_for_login(path, claim.record_id, attempt)
         elif ending is Ending.CHANGED_DURING:
+            self._gate.answered()
             await self._outcomes.changed_during_upload(claim)
             self._settled(path, Verdict.REPLACED)
         elif ending is Ending.CHANGED_BEFORE:
@@ -207,6 +223,8 @@ class WorkerPool:
             event, reason = _GONE_REASONS[ending]
             await self._outcomes.forget(claim, event, reason)
             self._schedule.done(path)
+        if ending in _NO_REQUEST:
+            self._gate.inconclusive()  # a probe that never reached the API proves nothing
 
     async def _file_away(self, claim: Claim, attempt: Attempt | None = None) -> None:
         verdict = await self._outcomes.file_away(
@@ -259,9 +277,12 @@ class WorkerPool:
         delay = backoff_delay(failures, self._target.retry.backoff, self._target.retry.max_backoff)
         self._schedule.later(path, record_id, delay, filing=True)
 
-    def _wait_for_login(self, path: str, record_id: int, error: LoginFailedError) -> None:
-        """Pause the whole target until the login backoff ends; the file waits uncounted."""
-        delay = max(0.0, error.retry_at - self._clock.monotonic())
-        loop = asyncio.get_running_loop()
-        self._schedule.pause(loop.time() + delay)
-        self._schedule.later(path, record_id, delay)
+    def _wait_for_login(self, path: str, record_id: int, attempt: Attempt) -> None:
+        """Hold the whole target until the login backoff ends; the file waits uncounted."""
+        error = attempt.error
+        assert isinstance(error, LoginFailedError)
+        refused = "login refused: check the username and password" if error.rejected else "login failed"
+        self._gate.unavailable(
+            f"{refused}: {error}", started=attempt.started, until=error.retry_at, confirmed=error.rejected
+        )
+        self._schedule.later(path, record_id, 0.0)
