@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import signal
 import socket
 from typing import Any
@@ -21,6 +20,7 @@ from uploader_daemon.config.schema import Config
 from uploader_daemon.journal import Journal, SqliteJournal
 from uploader_daemon.logs import get_logger
 from uploader_daemon.monitor import QUIET, Listener
+from uploader_daemon.notify import Notifier
 from uploader_daemon.redaction import Redactor
 from uploader_daemon.scheduler import Scheduler
 from uploader_daemon.service import TargetService
@@ -49,6 +49,7 @@ class Daemon:
         self._clock = clock or SystemClock()
         self._handle_signals = handle_signals
         self._listener = listener
+        self._notifier = Notifier()
         # This daemon's name on its journal claims.
         self.node = socket.gethostname()
         self._state = StateDir(config.state_dir)
@@ -122,14 +123,14 @@ class Daemon:
             await service.start()
         self._scheduler.every("journal:prune", _DAY, self._prune_journal)
         self.started.set()
-        _notify_systemd("READY=1")
+        self._notifier.send("READY=1")
         log.info("daemon_started", targets=len(self.services))
 
     async def main_loop(self) -> None:
         await self._stop_requested.wait()
 
     async def shutdown(self) -> None:
-        _notify_systemd("STOPPING=1")
+        self._notifier.send("STOPPING=1")
         grace = self.config.shutdown_grace
         log.info("daemon_stopping", grace=grace)
         self._scheduler.shutdown()
@@ -187,15 +188,3 @@ class Daemon:
         loop = asyncio.get_running_loop()
         for signum in _HANDLED_SIGNALS:
             loop.remove_signal_handler(signum)
-
-
-def _notify_systemd(message: str) -> None:
-    """sd_notify(3) without libsystemd: one datagram to ``$NOTIFY_SOCKET``, if set."""
-    address = os.environ.get("NOTIFY_SOCKET")
-    if not address:
-        return
-    if address.startswith("@"):
-        address = "\0" + address[1:]
-    with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-        sock.connect(address)
-        sock.sendall(message.encode())

@@ -2,8 +2,9 @@
 
 What is never a candidate: names outside ``include`` or inside ``exclude`` (checked on
 the file name, or on the relative path for patterns with a ``/``, and on each sub-folder
-name), sub-folders unless ``recursive``, and the folders the daemon itself writes into
-(archive, failed, download outputs). Symlinks are reported apart: they are never
+name), sub-folders unless ``recursive``, the folders the daemon itself writes into
+(archive, failed, download outputs), and the files it writes (:data:`OWN_ARTEFACTS`),
+even when an admin moves them into a drop folder. Symlinks are reported apart: they are never
 followed out of a drop folder.
 
 Everything here is pure and keeps no state, so it runs in worker threads (listing a
@@ -21,6 +22,10 @@ from pathlib import Path
 
 from uploader_daemon.config.schema import TargetSettings
 from uploader_daemon.identity import FileIdentity
+
+# What the daemon itself writes, never a candidate whatever include/exclude say: failed
+# files' reports, partial downloads, temporary copies, the drop folder's own marker.
+OWN_ARTEFACTS = ("*.error.json", "*.part", ".*.tmp", ".uploader-daemon*")
 
 # A sub-folder that vanished between its parent's listing and its own: moved or deleted,
 # which its own event reports; nothing to warn about.
@@ -64,6 +69,8 @@ class DropFolder:
         name = os.path.basename(relative_path)
         parent = os.path.dirname(relative_path)
         if parent and not self.wanted_directory(parent):
+            return False
+        if _matches(name, name, OWN_ARTEFACTS):
             return False
         return _matches(name, relative_path, self._target.include) and not _matches(
             name, relative_path, self._target.exclude

@@ -9,8 +9,16 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from uploader_daemon.config.auth import AuthSettings
+from uploader_daemon.config.operations import HookSettings, MetricsSettings
 from uploader_daemon.config.presets import UploadSettings
-from uploader_daemon.config.types import AbsolutePath, Duration, HttpUrl, Model, PositiveDuration
+from uploader_daemon.config.types import (
+    AbsolutePath,
+    Duration,
+    HttpUrl,
+    Model,
+    PositiveDuration,
+    SecretValue,
+)
 from uploader_daemon.config.upload import ApiStep, Step
 from uploader_daemon.urls import Origin, origin_of, same_origin
 
@@ -67,6 +75,13 @@ class ApiSettings(Model):
     timeout: PositiveDuration = 30.0
     verify_tls: bool = True
     ca_file: AbsolutePath | None = Field(default=None, description="Extra CA bundle (PEM) to trust.")
+    idempotency_key: bool = Field(
+        default=True,
+        description="Send an idempotency key with every request that sends the file or creates something.",
+    )
+    idempotency_header: str = Field(
+        default="Idempotency-Key", min_length=1, description="The header that carries it."
+    )
 
     @cached_property
     def origin(self) -> Origin | None:
@@ -89,6 +104,7 @@ class TargetSettings(Model):
     api: ApiSettings
     auth: AuthSettings
     upload: UploadSettings
+    hooks: HookSettings = HookSettings()
 
     @model_validator(mode="after")
     def _folders_apart(self) -> TargetSettings:
@@ -126,9 +142,34 @@ class TargetSettings(Model):
 
 
 class JournalSettings(Model):
+    """``journal:``: where every file's state is kept."""
+
     keep_done_for: Duration = Field(
         default=30 * 86400.0, description="How long delivered files stay in the journal (status history)."
     )
+    backend: Literal["sqlite", "postgresql"] = Field(
+        default="sqlite", description="sqlite: in state_dir, one daemon; postgresql: shared by a group."
+    )
+    dsn: SecretValue | None = Field(default=None, description="postgresql: the connection string (a secret).")
+    lease: PositiveDuration = Field(
+        default=10.0, description="A claim not renewed for this long is taken over."
+    )
+    node: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=64,
+        description="This daemon's name in the group; default hostname.",
+    )
+
+    @model_validator(mode="after")
+    def _dsn_for_postgresql(self) -> JournalSettings:
+        if self.backend == "postgresql" and self.dsn is None:
+            raise ValueError("backend postgresql needs dsn: the database to share, e.g. postgresql://host/db")
+        if self.backend == "sqlite" and self.dsn is not None:
+            raise ValueError(
+                "dsn is only used with backend postgresql; the sqlite journal lives in state_dir"
+            )
+        return self
 
 
 class Config(Model):
@@ -138,6 +179,7 @@ class Config(Model):
         default=10.0, description="How long in-flight uploads may finish on stop."
     )
     journal: JournalSettings = JournalSettings()
+    metrics: MetricsSettings | None = Field(default=None, description="Off when absent.")
     targets: tuple[TargetSettings, ...] = Field(min_length=1)
 
     @field_validator("targets")

@@ -124,6 +124,13 @@ class LeaseLostError(UploaderError):
 class Journal(Protocol):
     """The durable record of every file a daemon (or a group of daemons) has seen."""
 
+    async def journal_id(self) -> str:
+        """This journal's identity: the same for every daemon that shares it, never reused.
+
+        A drop folder records the journal that owns it, so that a second daemon with
+        another journal is refused instead of delivering every file twice.
+        """
+
     async def admit(self, target: str, path: str, identity: FileIdentity, now: float) -> FileRecord | None:
         """Record a ready file as pending, unless it is known.
 

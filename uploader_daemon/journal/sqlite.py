@@ -30,7 +30,8 @@ from uploader_daemon.journal.model import (
 
 # 1: the first schema; 2: the step-list fingerprint (plan), leaner indexes;
 # 3: the file's identity (inode), dispositions apart from destinations, the
-#    idempotency key, claims (owner, fence) and the shared backoff (not_before).
+#    idempotency key, claims (owner, fence), the shared backoff (not_before) and the
+#    journal's own id (table meta).
 SCHEMA_VERSION = 3
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (
@@ -58,6 +59,11 @@ CREATE TABLE IF NOT EXISTS files (
     discovered_at   REAL    NOT NULL,
     updated_at      REAL    NOT NULL
 );
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+INSERT OR IGNORE INTO meta (key, value) VALUES ('journal_id', lower(hex(randomblob(16))));
 CREATE UNIQUE INDEX IF NOT EXISTS files_active ON files (target, path)
     WHERE state IN ('pending', 'uploading', 'delivered');
 -- Only the rows that stop a file from being sent again: kept, or failed and unmovable.
@@ -131,6 +137,10 @@ class SqliteJournal:
 
     async def close(self) -> None:
         self._db.close()
+
+    async def journal_id(self) -> str:
+        row = self._db.execute("SELECT value FROM meta WHERE key='journal_id'").fetchone()
+        return str(row["value"])
 
     # --- discovery -------------------------------------------------------------------
 
