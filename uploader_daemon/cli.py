@@ -7,7 +7,9 @@ Exit codes (also in the README):
 1     unexpected internal error (a bug: please report it with the log)
 2     bad configuration or command line: nothing was started
 3     the state directory or an output folder cannot be created or used
-4     another daemon already runs with this state directory
+4     another daemon already runs with this state directory, or watches a drop
+      folder with another journal
+5     the journal is damaged and cannot be set aside safely (the message says how)
 130   (128+N) stopped by a second signal, in-flight uploads cut off
 ====  ======================================================================
 """
@@ -25,6 +27,7 @@ import yaml
 
 from uploader_daemon import __version__
 from uploader_daemon.config import Config, default_config_path, load_config
+from uploader_daemon.config.warnings import config_warnings
 from uploader_daemon.errors import AdminError
 from uploader_daemon.logs import configure_logging, get_logger
 from uploader_daemon.redaction import Redactor
@@ -128,6 +131,8 @@ def _check_config(arguments: argparse.Namespace) -> int:
             ]
             for line in yaml.safe_dump(dumped, sort_keys=False).splitlines():
                 print(f"      {line}")
+    for problem in config_warnings(config):
+        print(f"warning: {problem}")
     return EXIT_OK
 
 

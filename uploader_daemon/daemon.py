@@ -17,6 +17,8 @@ from typing import Any
 from uploader_daemon import __version__
 from uploader_daemon.clock import Clock, SystemClock
 from uploader_daemon.config.schema import Config
+from uploader_daemon.config.warnings import config_warnings
+from uploader_daemon.folder_marker import REFRESH_EVERY, FolderMarkers
 from uploader_daemon.journal import Journal, SqliteJournal
 from uploader_daemon.logs import get_logger
 from uploader_daemon.monitor import QUIET, Listener
@@ -55,6 +57,7 @@ class Daemon:
         self._state = StateDir(config.state_dir)
         self._scheduler = Scheduler()
         self._journal: Journal | None = None
+        self._markers: FolderMarkers | None = None
         self.services: list[TargetService] = []
         self._stop_requested = asyncio.Event()
         self._forced = asyncio.Event()
@@ -95,11 +98,34 @@ class Daemon:
 
     async def startup(self) -> None:
         self._install_signal_handlers()
-        self._state.prepare()
+        for problem in config_warnings(self.config):
+            log.warning("config_warning", problem=problem)
+        for tightened in self._state.prepare():
+            log.warning("state_dir_tightened", mode=tightened, reason="state files hold tokens and grants")
         self._state.lock()
-        self._journal = SqliteJournal.open(self._state.journal_path)
+        keeps = [target.name for target in self.config.targets if target.after_upload.action == "keep"]
+        self._journal, aside = SqliteJournal.open_or_set_aside(
+            self._state.journal_path, may_set_aside=not keeps, now=self._clock.now()
+        )
+        if aside is not None:
+            log.error(
+                "journal_set_aside",
+                damaged=str(aside),
+                journal=str(self._state.journal_path),
+                lost="what files were in flight and what failed and stayed in place; the history of `status`",
+                action="a fresh journal was started; files waiting in the drop folders are found again by "
+                "the first scan; files that were in flight may be sent twice",
+            )
         # A crash (kill -9, power loss) left this daemon's claims behind; only its own.
         recovered = await self._journal.release_claims(self.node, self._clock.now())
+        self._markers = FolderMarkers(
+            [target.folder for target in self.config.targets],
+            await self._journal.journal_id(),
+            self.node,
+            self._clock,
+        )
+        for warning in self._markers.claim():
+            log.warning("drop_folder_unmarked", problem=warning)
         log.info(
             "daemon_starting",
             version=__version__,
@@ -122,6 +148,7 @@ class Daemon:
             self.services.append(service)
             await service.start()
         self._scheduler.every("journal:prune", _DAY, self._prune_journal)
+        self._scheduler.every("folders:mark", REFRESH_EVERY, self._refresh_markers)
         self.started.set()
         self._notifier.send("READY=1")
         log.info("daemon_started", targets=len(self.services))
@@ -159,6 +186,9 @@ class Daemon:
         """Give back what startup took (also after a failed startup)."""
         self._scheduler.shutdown()
         await asyncio.gather(*(service.stop_watching() for service in self.services))
+        if self._markers is not None:
+            self._markers.release()
+            self._markers = None
         if self._journal is not None:
             # A graceful stop gives its claims back at once (cut-off files are pending).
             with contextlib.suppress(Exception):
@@ -167,6 +197,10 @@ class Daemon:
             self._journal = None
         self._state.unlock()
         self._restore_signal_handlers()
+
+    async def _refresh_markers(self) -> None:
+        if self._markers is not None:
+            self._markers.refresh()
 
     async def _prune_journal(self) -> None:
         removed = await self.journal.prune(self._clock.now() - self.config.journal.keep_done_for)

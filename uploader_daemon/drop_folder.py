@@ -24,8 +24,8 @@ from uploader_daemon.config.schema import TargetSettings
 from uploader_daemon.identity import FileIdentity
 
 # What the daemon itself writes, never a candidate whatever include/exclude say: failed
-# files' reports, partial downloads, temporary copies, the drop folder's own marker.
-OWN_ARTEFACTS = ("*.error.json", "*.part", ".*.tmp", ".uploader-daemon*")
+# files' reports, partial downloads, temporary copies.
+OWN_ARTEFACTS = ("*.error.json", "*.part", ".*.tmp")
 
 # A sub-folder that vanished between its parent's listing and its own: moved or deleted,
 # which its own event reports; nothing to warn about.

@@ -6,6 +6,7 @@
     ├── AdminError                  an admin can fix it; the process exits with its code
     │   ├── ConfigError             bad configuration (exit 2), every problem listed
     │   ├── StateDirError           state_dir unusable (exit 3)
+    │   │   └── CorruptJournalError the journal is damaged and cannot be set aside (exit 5)
     │   └── AlreadyRunningError     another daemon holds the state_dir lock (exit 4)
     ├── LoginFailedError            no credential could be obtained; files wait, login is
     │                               retried with the target's backoff
@@ -65,6 +66,17 @@ class StateDirError(AdminError):
     """The state directory (journal, token store) cannot be created or used."""
 
     exit_code = 3
+
+
+class CorruptJournalError(StateDirError):
+    """The journal file is damaged (not a database, or malformed).
+
+    The daemon sets such a journal aside and starts a fresh one when that is safe; when
+    it is not (``after_upload: keep``), it stops with this error, which systemd does not
+    restart, and the message says how to recover.
+    """
+
+    exit_code = 5
 
 
 class AlreadyRunningError(AdminError):

@@ -33,6 +33,13 @@ from uploader_daemon.urls import cut, host_of, safe_url
 log = get_logger(__name__)
 
 EXCERPT_LENGTH = 500
+# A step's JSON answer (a grant, a status) is small: past this the server is broken, and
+# reading on would only fill memory. Of an error answer only the start matters.
+ANSWER_LIMIT = 1024 * 1024
+ERROR_BODY_LIMIT = 64 * 1024
+_TRUNCATED = "uploader_daemon.truncated"
+# Headers that described the body as it came over the wire, not as it is kept.
+_WIRE_HEADERS = frozenset({"content-encoding", "content-length", "transfer-encoding"})
 _RETRYABLE_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
 # Answers that speak for the whole service, not for the request: an outage or throttling.
 UNAVAILABLE_STATUSES = frozenset({429, 502, 503, 504})
@@ -64,7 +71,8 @@ async def send(
 ) -> httpx.Response:
     """Send one request; returns the response whatever its status.
 
-    With ``stream=True`` the body is not read (the caller streams and closes it).
+    With ``stream=True`` the body is not read (the caller streams and closes it);
+    otherwise it is read up to a bound (:func:`read_bounded`), whatever the server sends.
     ``auth`` attaches the target's credential (:mod:`uploader_daemon.auth.wire`); its
     own refusals (another origin, a failed login) pass through unchanged.
     Raises :class:`NetworkError` when no response arrived, :class:`InvalidRequestError`
@@ -73,7 +81,7 @@ async def send(
     started = time.monotonic()
     request = _build(client, method, url, options)
     try:
-        response = await client.send(request, stream=stream, auth=auth)
+        response = await client.send(request, stream=True, auth=auth)
     except httpx.TimeoutException as error:
         raise NetworkError(f"{method} {host_of(url)} timed out ({type(error).__name__})") from None
     except httpx.HTTPError as error:
@@ -85,7 +93,50 @@ async def send(
         status=response.status_code,
         duration_ms=round((time.monotonic() - started) * 1000, 1),
     )
-    return response
+    return response if stream else await read_bounded(response)
+
+
+async def read_bounded(response: httpx.Response, limit: int | None = None) -> httpx.Response:
+    """The response with its (decoded) body read, at most ``limit`` bytes of it; closed.
+
+    The default limit is :data:`ANSWER_LIMIT` for a 2xx and :data:`ERROR_BODY_LIMIT`
+    otherwise: a broken server cannot make the daemon read (or decompress) hundreds of
+    megabytes. :func:`truncated` tells whether more was there. Raises
+    :class:`NetworkError` when the body breaks off.
+    """
+    if limit is None:
+        limit = ANSWER_LIMIT if response.is_success else ERROR_BODY_LIMIT
+    chunks: list[bytes] = []
+    size = 0
+    complete = True
+    try:
+        async for chunk in response.aiter_bytes():
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > limit:
+                complete = False
+                break
+    except httpx.HTTPError as error:
+        raise NetworkError(
+            f"{response.request.method} {host_of(str(response.request.url))} broke off: {_reason(error)}"
+        ) from None
+    finally:
+        await response.aclose()
+    headers = [
+        (name, value) for name, value in response.headers.multi_items() if name.lower() not in _WIRE_HEADERS
+    ]
+    return httpx.Response(
+        response.status_code,
+        headers=headers,
+        content=b"".join(chunks)[:limit],
+        request=response.request,
+        extensions={**response.extensions, _TRUNCATED: not complete},
+    )
+
+
+def truncated(response: httpx.Response) -> bool:
+    """Whether :func:`read_bounded` stopped before the end of the body."""
+    return bool(response.extensions.get(_TRUNCATED, False))
 
 
 def _build(client: httpx.AsyncClient, method: str, url: str, options: dict[str, Any]) -> httpx.Request:

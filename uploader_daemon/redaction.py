@@ -130,6 +130,21 @@ def redact_structure(data: object) -> object:
     return data
 
 
+def printable(text: str) -> str:
+    """``text`` that any output can carry: a file name's undecodable bytes as ``\\xNN``.
+
+    A name that is not UTF-8 reaches Python with surrogate escapes, which a UTF-8
+    terminal or file refuses to write.
+    """
+    if text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return text
+
+
 def _standalone(secret: str) -> re.Pattern[str]:
     return re.compile(rf"(?<![A-Za-z0-9_./-]){re.escape(secret)}(?![A-Za-z0-9_./-])")
 
@@ -198,7 +213,7 @@ class Redactor:
         if _is_sensitive_key(key):
             return REDACTED if value not in (None, "") else value
         if isinstance(value, str):
-            return self.scrub(value)
+            return self.scrub(printable(value))
         if isinstance(value, MutableMapping | dict):
             return {k: self._clean(k, v) for k, v in value.items()}
         if isinstance(value, list | tuple):

@@ -7,6 +7,7 @@ reads ``$CREDENTIALS_DIRECTORY/NAME``, which systemd fills from ``LoadCredential
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,7 @@ class Secret:
 
     value: str = field(repr=False)
     source: str = "literal"
+    path: Path | None = None  # the file it was read from, for {file: ...}
 
     def __repr__(self) -> str:
         return f"Secret(from {self.source})"
@@ -62,8 +64,29 @@ def resolve_secret(raw: object, environ: Mapping[str, str]) -> Secret:
     if kind == "env":
         return _from_env(name, environ)
     if kind == "file":
-        return _from_file(Path(name), f"file {name}")
+        path = Path(os.path.expanduser(name))
+        if not path.is_absolute():
+            raise ValueError(
+                f"secret file {name!r} must be an absolute path (or start with ~ for the home of the "
+                "user the daemon runs as)"
+            )
+        secret = _from_file(path, f"file {path}")
+        return Secret(secret.value, secret.source, path)
     return _from_credential(name, environ)
+
+
+def secret_files(value: object) -> list[Path]:
+    """The files ``{file: ...}`` secrets were read from, inside a config object."""
+    if isinstance(value, Secret):
+        return [value.path] if value.path is not None else []
+    if isinstance(value, Mapping):
+        return [found for item in value.values() for found in secret_files(item)]
+    if isinstance(value, list | tuple):
+        return [found for item in value for found in secret_files(item)]
+    fields = getattr(type(value), "model_fields", None)
+    if isinstance(fields, dict):
+        return [found for name in fields for found in secret_files(getattr(value, name))]
+    return []
 
 
 def _from_env(name: str, environ: Mapping[str, str]) -> Secret:

@@ -75,6 +75,8 @@ class TargetService:
             events=events,
         )
         folder = DropFolder(settings)
+        api = settings.api
+        idempotency_header = api.idempotency_header if api.idempotency_key else None
         self.intake = Intake(settings, journal, self.schedule, clock)
         self.watcher = FolderWatcher(
             settings, offer=self.intake.offer, already_handled=self.intake.known, folder=folder
@@ -85,7 +87,7 @@ class TargetService:
             journal=journal,
             execution=Execution(
                 target=settings,
-                delivery=Delivery(settings.steps, journal, clock),
+                delivery=Delivery(settings.steps, journal, clock, idempotency_header=idempotency_header),
                 folder=folder,
                 client=self.client,
                 auth=CredentialAuth(self.credential, settings.api.origin, self.activity),

@@ -186,6 +186,11 @@ def step_sends_file(step: Step) -> bool:
     return isinstance(step, MultipartStep | StoragePostStep)
 
 
+def step_creates(step: Step) -> bool:
+    """Whether the step sends the file or creates something (it carries an idempotency key)."""
+    return step_sends_file(step) or (isinstance(step, RequestStep) and step.method in ("POST", "PATCH"))
+
+
 def step_templates(step: Step) -> list[object]:
     """Every admin-written value of a step that may hold ``{references}``."""
     if isinstance(step, StoragePostStep):

@@ -17,12 +17,19 @@ Where an interrupted delivery resumes (after a crash or a failed attempt):
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from collections.abc import Callable, Sequence
 
 from uploader_daemon.clock import Clock
-from uploader_daemon.config.upload import Step, StoragePostStep, step_is_repeatable, step_templates
+from uploader_daemon.config.upload import (
+    Step,
+    StoragePostStep,
+    step_creates,
+    step_is_repeatable,
+    step_templates,
+)
 from uploader_daemon.delivery.steps import StepContext, run_step
 from uploader_daemon.errors import (
     AuthRejectedError,
@@ -77,6 +84,16 @@ def plan_of(steps: Sequence[Step]) -> str:
     return hashlib.sha256(described.encode()).hexdigest()[:16]
 
 
+def idempotency_key(base: str, step: Step, restarts: int = 0) -> str:
+    """The ``Idempotency-Key`` of one step of one file version.
+
+    Stable across retries, restarts and ``kill -9`` (``base`` is stored in the journal
+    with the version), different per step (a server keys its replays per request) and
+    new after a stale grant restarted the delivery (the old answer is what expired).
+    """
+    return f"{base}-{step.name}" + (f"-{restarts}" if restarts else "")
+
+
 def _not_sent(error: BaseException) -> bool:
     """Whether the failed step certainly had no effect on the server."""
     if isinstance(error, LoginFailedError | AuthRejectedError):
@@ -97,11 +114,20 @@ def uses_sha256(steps: Sequence[Step]) -> bool:
 class Delivery:
     """A target's step list, run for one file at a time."""
 
-    def __init__(self, steps: Sequence[Step], journal: Journal, clock: Clock) -> None:
+    def __init__(
+        self, steps: Sequence[Step], journal: Journal, clock: Clock, *, idempotency_header: str | None = None
+    ) -> None:
         self.steps = tuple(steps)
+        self._idempotency_header = idempotency_header
         self.plan = plan_of(self.steps)
         self._journal = journal
         self._clock = clock
+
+    def _context(self, context: StepContext, claim: Claim, step: Step, restarts: int) -> StepContext:
+        if self._idempotency_header is None or not step_creates(step):
+            return context
+        key = idempotency_key(claim.record.idempotency_key, step, restarts)
+        return dataclasses.replace(context, idempotency=(self._idempotency_header, key))
 
     async def run(self, claim: Claim, make_context: Callable[[dict[str, object]], StepContext]) -> None:
         """Run the remaining steps of the claimed file; the journal then says ``delivered``.
@@ -134,7 +160,7 @@ class Delivery:
             step = self.steps[index]
             await self._journal.step_started(claim, index, self.plan, self._clock.now())
             try:
-                produced = await run_step(step, make_context(outputs))
+                produced = await run_step(step, self._context(make_context(outputs), claim, step, restarts))
             except StaleUploadGrantError as error:
                 restarts += 1
                 if restarts > MAX_GRANT_RESTARTS:

@@ -48,7 +48,16 @@ from uploader_daemon.errors import (
     TransientDeliveryError,
 )
 from uploader_daemon.file_moves import place
-from uploader_daemon.http import EXCERPT_LENGTH, check_status, excerpt, send
+from uploader_daemon.http import (
+    ANSWER_LIMIT,
+    ERROR_BODY_LIMIT,
+    EXCERPT_LENGTH,
+    check_status,
+    excerpt,
+    read_bounded,
+    send,
+    truncated,
+)
 from uploader_daemon.logs import get_logger
 from uploader_daemon.monitor import QUIET, TargetEvents
 from uploader_daemon.redaction import redact_structure, scrub_text
@@ -85,6 +94,7 @@ class StepContext:
     file: FileFacts
     values: Mapping[str, object]
     events: TargetEvents = QUIET
+    idempotency: tuple[str, str] | None = None  # (header name, key) for steps that create
 
 
 async def run_step(step: Step, context: StepContext) -> dict[str, object]:
@@ -217,8 +227,11 @@ async def _storage_post(step: StoragePostStep, context: StepContext) -> dict[str
     body = MultipartBody(
         form, step.file_field, context.file, form.get("Content-Type", context.file.mime_type)
     )
+    options = await _body_options(body)
+    if context.idempotency is not None:
+        options["headers"] = {**options["headers"], context.idempotency[0]: context.idempotency[1]}
     try:
-        response = await send(context.client, "POST", url, **await _body_options(body))
+        response = await send(context.client, "POST", url, **options)
     except NetworkError as error:
         context.events.request_answered(step.name, None)
         raise ApiUnavailableError(f"step {step.name}: {error}", step=step.name) from None
@@ -254,6 +267,8 @@ async def _api_call(
     query = {key: as_text(value) for key, value in render_tree(step.query, context.values).items()}
     headers = {key: render_text(value, context.values) for key, value in step.headers.items()}
     headers.update(options.pop("headers", {}))
+    if context.idempotency is not None:
+        headers[context.idempotency[0]] = context.idempotency[1]
     try:
         response = await send(
             context.client,
@@ -276,8 +291,10 @@ async def _api_call(
     accepted = (response.status_code in step.expect) if step.expect else 200 <= response.status_code < 300
     if not accepted:
         if stream:
-            await response.aread()
-            await response.aclose()
+            try:
+                response = await read_bounded(response, ERROR_BODY_LIMIT)
+            except NetworkError as error:
+                raise ApiUnavailableError(f"step {step.name}: {error}", step=step.name) from None
         check_status(response, step.name, step.expect, credentialed=step.credential)
     return response
 
@@ -303,6 +320,14 @@ def _saved(step: ApiStep, response: httpx.Response) -> dict[str, object]:
 
 
 def _json(step: str, response: httpx.Response) -> object:
+    if truncated(response):
+        raise PermanentDeliveryError(
+            f"step {step}: the answer is larger than {ANSWER_LIMIT // 1024} KiB, far more than a step's "
+            "JSON answer; the server is broken or the step's address is not the API's",
+            step=step,
+            status=response.status_code,
+            body_excerpt=excerpt(response),
+        )
     if not response.content.strip():
         raise BadResponseError(
             f"step {step}: the response body is empty; expected JSON", step=step, status=response.status_code

@@ -9,14 +9,17 @@ state directory's lock), so a claim never has to be fenced here.
 
 from __future__ import annotations
 
+import contextlib
+import datetime
 import json
+import os
 import sqlite3
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from uploader_daemon.errors import StateDirError
+from uploader_daemon.errors import CorruptJournalError, StateDirError
 from uploader_daemon.identity import FileIdentity
 from uploader_daemon.journal.model import (
     ACTIVE_STATES,
@@ -37,7 +40,7 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (
     id              INTEGER PRIMARY KEY,
     target          TEXT    NOT NULL,
-    path            TEXT    NOT NULL,   -- relative to the target's folder
+    path            TEXT    NOT NULL,   -- relative to the target's folder (a BLOB when not UTF-8)
     size            INTEGER NOT NULL,
     mtime_ns        INTEGER NOT NULL,
     inode           INTEGER,
@@ -131,9 +134,41 @@ class SqliteJournal:
             # A refused journal must not leave its file open (and locked) behind.
             connection.close()
             if isinstance(error, sqlite3.DatabaseError):
-                raise StateDirError(f"cannot open the journal {path}: {error}") from None
+                kind = CorruptJournalError if _damaged(error) else StateDirError
+                raise kind(f"cannot open the journal {path}: {error}") from None
             raise
         return cls(connection)
+
+    @classmethod
+    def open_or_set_aside(
+        cls, path: Path, *, may_set_aside: bool, now: float
+    ) -> tuple[SqliteJournal, Path | None]:
+        """Open the journal; a damaged one is renamed beside itself and a fresh one started.
+
+        Returns the journal and where the damaged one went (``None`` when it was fine).
+        With ``may_set_aside`` false (a target keeps delivered files in place, and a fresh
+        journal would send every one of them again) a damaged journal raises
+        :class:`CorruptJournalError` with the way to recover.
+        """
+        try:
+            return cls.open(path), None
+        except CorruptJournalError as error:
+            stamp = datetime.datetime.fromtimestamp(now, datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
+            aside = path.with_name(f"{path.name}.corrupt-{stamp}")
+            if not may_set_aside:
+                raise CorruptJournalError(
+                    f"{error}; it cannot be replaced by a fresh one automatically, because a target keeps "
+                    "delivered files in place (after_upload: keep) and a fresh journal would send each of "
+                    f"them again. To recover: move it aside (mv {path} {aside}), then either move the kept "
+                    "files out of the drop folder first or accept that they are sent again, and start "
+                    "the daemon"
+                ) from None
+        for suffix in ("", "-wal", "-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                os.replace(f"{path}{suffix}", f"{aside}{suffix}")
+        # Private from the first byte, whatever the umask (SQLite's -wal/-shm follow its mode).
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))
+        return cls.open(path), aside
 
     async def close(self) -> None:
         self._db.close()
@@ -150,7 +185,7 @@ class SqliteJournal:
         db = self._db
         active = db.execute(
             f"SELECT * FROM files WHERE target=? AND path=? AND state IN {_ACTIVE}",  # noqa: S608
-            (target, path),
+            (target, _stored(path)),
         ).fetchone()
         if active is not None:
             if active["state"] != FileState.PENDING:
@@ -175,7 +210,7 @@ class SqliteJournal:
         cursor = db.execute(
             "INSERT INTO files (target, path, size, mtime_ns, inode, device, state, idempotency_key, "
             "discovered_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?)",
-            (target, path, *_identity_columns(identity), key, now, now),
+            (target, _stored(path), *_identity_columns(identity), key, now, now),
         )
         assert cursor.lastrowid is not None
         return FileRecord(
@@ -203,7 +238,7 @@ class SqliteJournal:
         rows = self._db.execute(
             f"SELECT inode FROM files WHERE target=? AND path=? AND size=? AND mtime_ns=? "  # noqa: S608
             f"AND disposition IN {_SETTLED}",
-            (target, path, identity.size, identity.mtime_ns),
+            (target, _stored(path), identity.size, identity.mtime_ns),
         ).fetchall()
         return any(
             FileIdentity(identity.size, identity.mtime_ns, row["inode"]).same_version(identity)
@@ -405,6 +440,10 @@ def _prepare(connection: sqlite3.Connection, path: Path | str) -> None:
     if version > SCHEMA_VERSION:
         raise StateDirError(f"the journal {path} was written by a newer uploader-daemon; upgrade it")
     if version == SCHEMA_VERSION:
+        # Cheap next to a lost file: a damaged page shows here, not in the middle of a delivery.
+        verdict = connection.execute("PRAGMA quick_check").fetchone()[0]
+        if verdict != "ok":
+            raise sqlite3.DatabaseError(f"database disk image is malformed ({verdict})")
         return
     if version > 0:
         _migrate(connection, version)
@@ -422,6 +461,30 @@ def _migrate(connection: sqlite3.Connection, version: int) -> None:
         connection.executescript(_AFTER_MIGRATION[target_version])
 
 
+def _damaged(error: sqlite3.DatabaseError) -> bool:
+    """Whether SQLite says the file itself is broken (not busy, locked or unreadable)."""
+    text = str(error).lower()
+    return "not a database" in text or "malformed" in text or "corrupt" in text
+
+
+def _stored(path: str) -> str | bytes:
+    """A path as the journal keeps it: text, or its raw bytes when it is not UTF-8.
+
+    Linux names are bytes; Python holds an undecodable one with surrogate escapes,
+    which SQLite's text cannot store. SQLite compares a BLOB with a BLOB, so lookups and
+    the unique index work the same for both.
+    """
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return os.fsencode(path)
+    return path
+
+
+def _loaded(value: str | bytes) -> str:
+    return os.fsdecode(value) if isinstance(value, bytes) else value
+
+
 def _identity_columns(identity: FileIdentity) -> tuple[int, int, int | None, int | None]:
     return identity.size, identity.mtime_ns, identity.inode, identity.device
 
@@ -436,7 +499,7 @@ def _record(row: sqlite3.Row) -> FileRecord:
     return FileRecord(
         id=row["id"],
         target=row["target"],
-        path=row["path"],
+        path=_loaded(row["path"]),
         identity=FileIdentity(row["size"], row["mtime_ns"], row["inode"], row["device"]),
         state=FileState(row["state"]),
         attempts=row["attempts"],
