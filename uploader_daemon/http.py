@@ -10,6 +10,7 @@ excerpts quoted into errors have recognisable credentials cut out.
 from __future__ import annotations
 
 import email.utils
+import os
 import re
 import time
 from typing import Any
@@ -239,6 +240,13 @@ def retry_after(response: httpx.Response) -> float | None:
 
 
 def _reason(error: httpx.HTTPError) -> str:
+    """What went wrong, in the words of the operating system when it said (Connection refused)."""
+    link: BaseException | None = error
+    while link is not None:
+        if isinstance(link, OSError) and (link.errno or link.strerror):
+            # asyncio words a refusal "Connect call failed (host, port)"; the errno says it plainly.
+            return os.strerror(link.errno) if link.errno else str(link.strerror)
+        link = link.__cause__ or link.__context__
     cause = error.__cause__ or error.__context__
     text = str(error) or (str(cause) if cause else "") or type(error).__name__
     # Strip errno prefixes: "[Errno 111] Connection refused" -> "Connection refused".

@@ -56,6 +56,11 @@ class ApiGate:
         return self._down_since is not None
 
     @property
+    def failures(self) -> int:
+        """How many probes in a row found the API not answering (0: it answers)."""
+        return self._failures
+
+    @property
     def down_since(self) -> float | None:
         """Wall time the API stopped answering (when confirmed)."""
         return self._down_since
@@ -99,8 +104,12 @@ class ApiGate:
                 probe_in=round(delay, 1),
             )
             self._events.api_down(reason, self._down_since)
-        elif not in_flight_casualty:
+        elif self._failures == 1 and not in_flight_casualty:
             self._log.info("api_unavailable", reason=reason, probe_in=round(delay, 1))
+        elif not in_flight_casualty:
+            self._log.debug(
+                "api_probe_failed", reason=reason, failures=self._failures, probe_in=round(delay, 1)
+            )
         if not in_flight_casualty:
             self._held_at = now
             self._schedule.hold(asyncio.get_running_loop().time() + delay)

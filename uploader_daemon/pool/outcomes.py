@@ -108,7 +108,12 @@ class Outcomes:
         disposition = Disposition.KEPT
         destination: str | None = None
         try:
-            if presence is Presence.VANISHED:
+            if presence is Presence.VANISHED and (
+                archived := _archived_earlier(action.archive_dir, record.path, delivered)
+            ):
+                # Moved by an earlier try whose journal write failed: it is archived, not lost.
+                disposition, destination = Disposition.ARCHIVED, str(archived)
+            elif presence is Presence.VANISHED:
                 disposition = Disposition.VANISHED
             elif presence is Presence.SAME and action.action == "archive":
                 assert action.archive_dir is not None
@@ -315,6 +320,14 @@ async def _move(mover: Callable[..., Path], *arguments: Any, **options: Any) -> 
         return mover(*arguments, allow_copy=False, **options)
     except CopyNeededError:
         return await asyncio.to_thread(functools.partial(mover, *arguments, **options))
+
+
+def _archived_earlier(archive_dir: Path | None, relative_path: str, version: FileIdentity) -> Path | None:
+    """Where this very version already lies in the archive under its own name, if it does."""
+    if archive_dir is None:
+        return None
+    candidate = archive_dir / relative_path
+    return candidate if _presence(candidate, version) is Presence.SAME else None
 
 
 def _presence(path: Path, version: FileIdentity) -> Presence:
