@@ -252,6 +252,9 @@ class Pool:
     backend: SqliteJournal
     clock: FakeClock
     client: httpx.AsyncClient
+    credential: Credential
+    auth: CredentialAuth
+    delivery: Delivery
     schedule: Schedule
     intake: Intake
     outcomes: Outcomes
@@ -286,13 +289,14 @@ def build_pool(target: TargetSettings, client: httpx.AsyncClient, options: PoolO
     schedule = Schedule()
     credential: Credential = options.credential or RenewingCredential()
     activity = ApiActivity(clock, schedule.files_waiting)
-    folder = DropFolder(target)
+    auth = CredentialAuth(credential, target.api.origin, activity)
+    delivery = Delivery(target.steps, journal, clock)
     execution = Execution(
         target=target,
-        delivery=Delivery(target.steps, journal, clock),
-        folder=folder,
+        delivery=delivery,
+        folder=DropFolder(target),
         client=client,
-        auth=CredentialAuth(credential, target.api.origin, activity),
+        auth=auth,
         credential=credential,
         clock=clock,
     )
@@ -314,6 +318,9 @@ def build_pool(target: TargetSettings, client: httpx.AsyncClient, options: PoolO
         backend=backend,
         clock=clock,
         client=client,
+        credential=credential,
+        auth=auth,
+        delivery=delivery,
         schedule=schedule,
         intake=Intake(target, journal, schedule, clock),
         outcomes=outcomes,
