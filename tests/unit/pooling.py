@@ -163,6 +163,7 @@ class LoginFailingCredential:
         self.failures_left = failures
         self.delay = delay
         self.asked = 0
+        self.failed_at: list[float] = []  # loop times of the failed logins
 
     def start(self) -> None:
         """Nothing is stored."""
@@ -171,6 +172,7 @@ class LoginFailingCredential:
         self.asked += 1
         if self.failures_left > 0:
             self.failures_left -= 1
+            self.failed_at.append(asyncio.get_running_loop().time())
             raise LoginFailedError(
                 "login refused: 503 from the login endpoint",
                 retry_at=self._clock.monotonic() + self.delay,
@@ -198,6 +200,22 @@ class FailingAfterCredential(LoginFailingCredential):
         else:
             self._good -= 1
         return await super().headers()
+
+
+class RefusingFolder(DropFolder):
+    """A drop folder whose files cannot be opened while ``refusing`` (root ignores modes)."""
+
+    def __init__(self, target: TargetSettings, error_number: int) -> None:
+        super().__init__(target)
+        self._errno = error_number
+        self.refusing = True
+        self.refusals = 0
+
+    def open(self, relative_path: str) -> int:
+        if not self.refusing:
+            return super().open(relative_path)
+        self.refusals += 1
+        raise OSError(self._errno, os.strerror(self._errno), self.full(relative_path))
 
 
 # --- a journal with a failing disk -----------------------------------------------------
@@ -276,14 +294,16 @@ class Pool:
 @dataclass
 class PoolOptions:
     credential: Credential | None = None
-    flaky: bool = False
+    flaky: bool = False  # a FlakyJournal in front of the SQLite one
+    clock: FakeClock = field(default_factory=FakeClock)
+    folder: Callable[[TargetSettings], DropFolder] = DropFolder
     redactor: Redactor = field(default_factory=lambda: Redactor([TOKEN]))
 
 
 def build_pool(target: TargetSettings, client: httpx.AsyncClient, options: PoolOptions | None = None) -> Pool:
     """Wire a target as :class:`uploader_daemon.service.TargetService` does, minus the watcher."""
     options = options or PoolOptions()
-    clock = FakeClock()
+    clock = options.clock
     backend = SqliteJournal.open(":memory:")
     journal: Any = FlakyJournal(backend) if options.flaky else backend
     schedule = Schedule()
@@ -294,7 +314,7 @@ def build_pool(target: TargetSettings, client: httpx.AsyncClient, options: PoolO
     execution = Execution(
         target=target,
         delivery=delivery,
-        folder=DropFolder(target),
+        folder=options.folder(target),
         client=client,
         auth=auth,
         credential=credential,

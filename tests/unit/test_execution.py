@@ -21,6 +21,7 @@ from tests.unit.pooling import (
     LoginFailingCredential,
     Pool,
     PoolOptions,
+    RefusingFolder,
     admitted_claim,
     build_pool,
     client,
@@ -191,17 +192,6 @@ def test_a_file_with_mode_000_is_unreadable(tmp_path: Path) -> None:
         assert Ending.UNREADABLE == (await pool.execution.run(claim)).ending
 
     run(target, scenario)
-
-
-class RefusingFolder(DropFolder):
-    """A drop folder whose files cannot be opened, with the given errno (root ignores modes)."""
-
-    def __init__(self, target: TargetSettings, error_number: int) -> None:
-        super().__init__(target)
-        self._errno = error_number
-
-    def open(self, relative_path: str) -> int:
-        raise OSError(self._errno, os.strerror(self._errno), self.full(relative_path))
 
 
 def execution_with(pool: Pool, folder: DropFolder) -> Execution:

@@ -192,3 +192,25 @@ def test_a_file_waiting_only_for_its_filing_does_not_count_as_needing_the_api() 
         assert not schedule.files_waiting()
 
     run(scenario)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="bug: Schedule.take checks the pause only before queue.get(), so a taker that was "
+    "already waiting on an empty queue hands out a file queued during a pause",
+)
+def test_a_taker_already_waiting_when_the_pause_begins_is_held_back_too() -> None:
+    """An idle worker must not get a file during a pause (the login backoff) either."""
+
+    async def scenario(schedule: Schedule) -> None:
+        taker = asyncio.create_task(schedule.take())
+        await asyncio.sleep(0)  # the idle worker waits on the empty queue
+        schedule.pause(loop_time() + 60)
+        schedule.put("a.csv", 1)
+        for _ in range(10):  # let the loop run the taker as far as it can go
+            await asyncio.sleep(0)
+        handed_out = taker.done()
+        taker.cancel()
+        assert not handed_out
+
+    run(scenario)
