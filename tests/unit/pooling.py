@@ -11,7 +11,7 @@ import asyncio
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +40,8 @@ UPLOAD_URL = f"{API}/api/envio"
 TOKEN = "t0k3n-value"
 OWNER = "this-node"
 DEADLINE = 5.0
+
+Logs = list[MutableMapping[str, Any]]  # what structlog.testing.capture_logs collects
 
 
 def target_settings(
@@ -117,7 +119,7 @@ async def admitted_claim(journal: SqliteJournal, target: TargetSettings, name: s
     return claim
 
 
-def events_named(logs: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
+def events_named(logs: Logs, name: str) -> Logs:
     return [entry for entry in logs if entry["event"] == name]
 
 
@@ -224,7 +226,8 @@ class RefusingFolder(DropFolder):
 class FlakyJournal:
     """The SQLite journal, except that chosen methods fail a few times (a full disk).
 
-    ``failures[name]`` says how many more calls of ``name`` raise ``sqlite3.OperationalError``.
+    ``failures[name]`` says how many more calls of ``name`` raise ``sqlite3.OperationalError``
+    (set with :meth:`break_for`; ``fail`` is the journal's own method).
     """
 
     def __init__(self, journal: SqliteJournal) -> None:
@@ -232,7 +235,8 @@ class FlakyJournal:
         self.failures: dict[str, int] = {}
         self.raised: list[str] = []
 
-    def fail(self, name: str, times: int = 1) -> None:
+    def break_for(self, name: str, times: int = 1) -> None:
+        """The next ``times`` calls of method ``name`` raise."""
         self.failures[name] = times
 
     def __getattr__(self, name: str) -> Any:

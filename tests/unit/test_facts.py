@@ -21,8 +21,12 @@ def test_the_sha256_is_read_through_the_open_descriptor_only_when_asked(tmp_path
     descriptor = os.open(path, os.O_RDONLY)
     try:
         os.lseek(descriptor, 5, os.SEEK_SET)
-        hashed = asyncio.run(file_facts(path, "report.pdf", descriptor=descriptor, size=len(CONTENT), with_sha256=True))
-        plain = asyncio.run(file_facts(path, "report.pdf", descriptor=descriptor, size=len(CONTENT), with_sha256=False))
+        hashed = asyncio.run(
+            file_facts(path, "report.pdf", descriptor=descriptor, size=len(CONTENT), with_sha256=True)
+        )
+        plain = asyncio.run(
+            file_facts(path, "report.pdf", descriptor=descriptor, size=len(CONTENT), with_sha256=False)
+        )
         assert 5 == os.lseek(descriptor, 0, os.SEEK_CUR)
     finally:
         os.close(descriptor)

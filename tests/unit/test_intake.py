@@ -15,8 +15,8 @@ from tests.unit.pooling import (
     OWNER,
     FlakyJournal,
     drop,
-    eventually,
     events_named,
+    eventually,
     identity_of,
     target_settings,
 )
@@ -127,7 +127,7 @@ def test_an_admission_error_is_logged_and_later_admissions_go_on(tmp_path: Path)
     """A journal that fails (a full disk) costs that one admission, not the intake."""
 
     async def scenario(parts: Parts) -> None:
-        parts.journal.fail("admit", times=1)
+        parts.journal.break_for("admit", times=1)
         with capture_logs() as logs:
             parts.intake = Intake(parts.target, parts.journal, parts.schedule, parts.clock)
             for name in ("first.csv", "second.csv"):
@@ -188,7 +188,8 @@ def test_resume_unfinished_queues_pending_and_delivered_rows_of_this_target(tmp_
         first = await journal.admit("docs", "first.csv", FileIdentity(1, 1), now)
         delivered = await journal.admit("docs", "delivered.csv", FileIdentity(2, 2), now)
         await journal.admit("other-target", "x.csv", FileIdentity(3, 3), now)
-        assert first is not None and delivered is not None
+        assert first is not None
+        assert delivered is not None
         claim = await journal.claim(delivered.id, OWNER, now)
         assert claim is not None
         await journal.delivered(claim, now)

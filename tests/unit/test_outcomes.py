@@ -9,7 +9,6 @@ import shutil
 import tempfile
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 from structlog.testing import capture_logs
@@ -19,6 +18,7 @@ from tests.unit.pooling import (
     DEADLINE,
     OWNER,
     TOKEN,
+    Logs,
     admitted_claim,
     drop,
     events_named,
@@ -58,7 +58,7 @@ class Parts:
         return await admitted_claim(self.journal, self.target, name, self.clock.now())
 
 
-def run(target: TargetSettings, scenario: Callable[[Parts], Awaitable[None]]) -> list[dict[str, Any]]:
+def run(target: TargetSettings, scenario: Callable[[Parts], Awaitable[None]]) -> Logs:
     """Run ``scenario`` with outcomes built inside a log capture; returns the captured events."""
 
     async def main() -> None:

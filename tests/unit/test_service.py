@@ -11,7 +11,7 @@ import respx
 from structlog.testing import capture_logs
 
 from tests.helpers import FakeClock
-from tests.unit.pooling import DEADLINE, TOKEN, UPLOAD_URL, drop, eventually, events_named, target_settings
+from tests.unit.pooling import DEADLINE, TOKEN, UPLOAD_URL, drop, events_named, eventually, target_settings
 from uploader_daemon import readiness
 from uploader_daemon.config.schema import TargetSettings
 from uploader_daemon.errors import StateDirError
@@ -21,7 +21,9 @@ from uploader_daemon.scheduler import Scheduler
 from uploader_daemon.service import TargetService
 
 
-def service_for(target: TargetSettings, journal: SqliteJournal, scheduler: Scheduler, tmp_path: Path) -> TargetService:
+def service_for(
+    target: TargetSettings, journal: SqliteJournal, scheduler: Scheduler, tmp_path: Path
+) -> TargetService:
     return TargetService(
         target,
         journal=journal,
@@ -70,7 +72,8 @@ def test_a_started_target_delivers_the_files_that_were_waiting_and_stops_cleanly
             route = router.post(UPLOAD_URL).mock(return_value=httpx.Response(201))
             await service.start()
             try:
-                assert (tmp_path / "sent").is_dir() and (tmp_path / "failed").is_dir()
+                assert (tmp_path / "sent").is_dir()
+                assert (tmp_path / "failed").is_dir()
                 await eventually(lambda: (tmp_path / "sent" / "waiting.csv").exists(), message="the archive")
                 assert f"Bearer {TOKEN}" == route.calls.last.request.headers["Authorization"]
             finally:

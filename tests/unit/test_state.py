@@ -25,7 +25,7 @@ def test_prepare_creates_the_state_dir_and_its_token_store_private(tmp_path: Pat
 def test_a_state_dir_that_cannot_be_created_is_an_admin_error(tmp_path: Path) -> None:
     """A file where a parent folder should be: StateDirError naming the folder and the fix."""
     (tmp_path / "taken").write_text("a file")
-    with pytest.raises(StateDirError, match="cannot create state_dir .*taken/state.*change state_dir"):
+    with pytest.raises(StateDirError, match=r"cannot create state_dir .*taken/state.*change state_dir"):
         StateDir(tmp_path / "taken" / "state").prepare()
 
 

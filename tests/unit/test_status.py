@@ -55,9 +55,12 @@ async def fill(journal: SqliteJournal) -> None:
     rows = {row.path: row for row in await journal.records("docs")}
     done = await journal.claim(rows["done.csv"].id, "node", NOW)
     failed = await journal.claim(rows["failed.csv"].id, "node", NOW + 60)
-    assert done is not None and failed is not None
+    assert done is not None
+    assert failed is not None
     await journal.finish(done, Disposition.KEPT, None, NOW)
-    await journal.fail(failed, "step upload: HTTP 422", 422, Disposition.PARKED, "/failed/failed.csv", NOW + 60)
+    await journal.fail(
+        failed, "step upload: HTTP 422", 422, Disposition.PARKED, "/failed/failed.csv", NOW + 60
+    )
     await journal.close()
 
 
@@ -75,17 +78,20 @@ def test_status_counts_each_targets_files_and_shows_the_last_error(tmp_path: Pat
 
     docs, scans = collect_status(settings)
 
-    assert TargetStatus(
-        name="docs",
-        folder=str(tmp_path / "docs"),
-        pending=1,
-        uploading=0,
-        done=1,
-        failed=1,
-        last_error="step upload: HTTP 422",
-        last_error_at=iso_utc(NOW + 60),
-        token_expires_at=None,
-    ) == docs
+    assert (
+        TargetStatus(
+            name="docs",
+            folder=str(tmp_path / "docs"),
+            pending=1,
+            uploading=0,
+            done=1,
+            failed=1,
+            last_error="step upload: HTTP 422",
+            last_error_at=iso_utc(NOW + 60),
+            token_expires_at=None,
+        )
+        == docs
+    )
     assert (0, 0, 0, None) == (scans.pending, scans.done, scans.failed, scans.last_error)
 
 
@@ -146,7 +152,9 @@ def test_a_journal_whose_table_is_missing_is_an_admin_error(tmp_path: Path) -> N
 
 def test_render_status_as_text_and_as_json() -> None:
     """Text for people (the last error only when there is one), JSON for scripts."""
-    busy = TargetStatus("docs", "/drop/docs", 3, 1, 10, 2, "step upload: HTTP 503", "2027-01-15T08:00:00+00:00", None)
+    busy = TargetStatus(
+        "docs", "/drop/docs", 3, 1, 10, 2, "step upload: HTTP 503", "2027-01-15T08:00:00+00:00", None
+    )
     idle = TargetStatus("scans", "/drop/scans", 0, 0, 0, 0, None, None, "2027-01-15T09:00:00+00:00")
 
     text = render_status([busy, idle], as_json=False)
@@ -160,4 +168,6 @@ def test_render_status_as_text_and_as_json() -> None:
         "  pending 0   uploading 0   done 0   failed 0",
         "  token expires: 2027-01-15T09:00:00+00:00",
     ] == text.splitlines()
-    assert ["docs", "scans"] == [entry["name"] for entry in json.loads(render_status([busy, idle], as_json=True))]
+    assert ["docs", "scans"] == [
+        entry["name"] for entry in json.loads(render_status([busy, idle], as_json=True))
+    ]

@@ -14,7 +14,6 @@ import shutil
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
 
 import pytest
 from structlog.testing import capture_logs
@@ -29,7 +28,7 @@ from watchdog.events import (
     FileMovedEvent,
 )
 
-from tests.unit.pooling import DEADLINE, eventually, events_named, target_settings
+from tests.unit.pooling import DEADLINE, Logs, events_named, eventually, target_settings
 from uploader_daemon import readiness
 from uploader_daemon.config.schema import TargetSettings
 from uploader_daemon.drop_folder import DropFolder, Listing
@@ -88,7 +87,7 @@ async def watching(
         await watcher.stop()
 
 
-def run(scenario: Callable[[], Awaitable[None]]) -> list[dict[str, Any]]:
+def run(scenario: Callable[[], Awaitable[None]]) -> Logs:
     async def main() -> None:
         await asyncio.wait_for(scenario(), DEADLINE)
 
@@ -305,7 +304,7 @@ def test_files_settling_in_a_folder_moved_out_or_deleted_are_forgotten(tmp_path:
     run(scenario)
 
 
-def test_an_excluded_or_own_folder_moved_in_is_not_listed(tmp_path: Path) -> None:
+def test_an_excluded_folder_moved_in_or_created_is_not_listed(tmp_path: Path) -> None:
     """A hidden folder is excluded by name; nothing inside it is offered."""
     target = quiet_target(tmp_path)
     offers = Offers()
@@ -413,7 +412,9 @@ def test_a_removed_drop_folder_fails_scans_until_it_is_back_then_the_watch_resta
     assert [0, 1, 0] == found
     assert "recreate it" in events_named(logs, "drop_folder_removed")[0]["hint"]
     assert "check that the drop folder exists" in events_named(logs, "scan_failed")[0]["hint"]
-    assert ["the drop folder was removed"] == [event["reason"] for event in events_named(logs, "watch_restarting")]
+    assert ["the drop folder was removed"] == [
+        event["reason"] for event in events_named(logs, "watch_restarting")
+    ]
 
 
 # --- scans -----------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from tests.unit.pooling import (
     DEADLINE,
     UPLOAD_URL,
     LoginFailingCredential,
+    Logs,
     Pool,
     PoolOptions,
     RefusingFolder,
@@ -27,8 +28,8 @@ from tests.unit.pooling import (
     build_pool,
     client,
     drop,
-    eventually,
     events_named,
+    eventually,
     identity_of,
     loop_time,
     target_settings,
@@ -71,9 +72,9 @@ def run(
     options: PoolOptions | None = None,
     *,
     grace: float = 1.0,
-    live: list[dict[str, Any]] | None = None,
+    live: Logs | None = None,
     start: bool = True,
-) -> list[dict[str, Any]]:
+) -> Logs:
     """Start the pool, run ``scenario``, stop the pool; returns the events logged meanwhile.
 
     ``live`` is the list of a capture the caller holds open, for a scenario that waits on
@@ -227,7 +228,6 @@ def test_a_failing_archive_move_is_retried_without_sending_the_file_again(tmp_pa
     )
     api = Api(201)
     filing_only: list[bool] = []
-    logs: list[dict[str, Any]] = []
 
     async def scenario(pool: Pool) -> None:
         offer(pool, "a.csv")
@@ -276,7 +276,7 @@ def test_a_journal_that_fails_for_a_while_neither_kills_a_worker_nor_loses_the_f
     alive: list[int] = []
 
     async def scenario(pool: Pool) -> None:
-        pool.journal.fail("step_started", times=2)
+        pool.journal.break_for("step_started", times=2)
         offer(pool, "a.csv")
         await done(pool, "a.csv")
         alive.append(sum(1 for task in worker_tasks() if not task.done()))
@@ -296,10 +296,13 @@ def test_a_claim_that_fails_is_tried_again_later(tmp_path: Path) -> None:
     api = Api(201)
 
     async def scenario(pool: Pool) -> None:
-        pool.journal.fail("claim", times=1)
+        pool.journal.break_for("claim", times=1)
         offer(pool, "a.csv")
         await done(pool, "a.csv")
-        assert (FileState.DONE, 0) == ((await pool.record("a.csv")).state, (await pool.record("a.csv")).attempts)
+        assert (FileState.DONE, 0) == (
+            (await pool.record("a.csv")).state,
+            (await pool.record("a.csv")).attempts,
+        )
 
     logs = run(target, api, scenario, PoolOptions(flaky=True))
     assert 1 == len(events_named(logs, "worker_error"))
@@ -312,8 +315,8 @@ def test_a_recovery_that_fails_too_retries_the_file_later(tmp_path: Path) -> Non
     api = Api(201)
 
     async def scenario(pool: Pool) -> None:
-        pool.journal.fail("step_started", times=1)
-        pool.journal.fail("get", times=1)
+        pool.journal.break_for("step_started", times=1)
+        pool.journal.break_for("get", times=1)
         offer(pool, "a.csv")
         await done(pool, "a.csv")
 
@@ -328,7 +331,7 @@ def test_a_journal_write_failing_after_the_delivery_files_the_file_away_later(tm
     api = Api(201)
 
     async def scenario(pool: Pool) -> None:
-        pool.journal.fail("finish", times=1)
+        pool.journal.break_for("finish", times=1)
         offer(pool, "a.csv")
         await done(pool, "a.csv")
         assert Disposition.KEPT == (await pool.record("a.csv")).disposition
@@ -349,7 +352,7 @@ def test_an_archived_file_whose_journal_write_failed_is_still_recorded_as_archiv
     api = Api(201)
 
     async def scenario(pool: Pool) -> None:
-        pool.journal.fail("finish", times=1)
+        pool.journal.break_for("finish", times=1)
         offer(pool, "a.csv")
         await done(pool, "a.csv")
         assert Disposition.ARCHIVED == (await pool.record("a.csv")).disposition
@@ -430,15 +433,21 @@ def test_an_unreadable_file_is_warned_about_once_and_goes_once_readable(tmp_path
     api = Api(201)
 
     async def scenario(pool: Pool) -> None:
+        def refused(times: int) -> Callable[[], bool]:
+            return lambda: folders[0].refusals == times
+
         for rescan in (1, 2):  # two rescans find it, still unreadable
             offer(pool, "a.csv")
-            await eventually(lambda: folders[0].refusals == rescan)
+            await eventually(refused(rescan))
             await eventually(lambda: not pool.schedule.is_scheduled("a.csv"))
             assert FileState.PENDING == (await pool.record("a.csv")).state
         folders[0].refusing = False
         offer(pool, "a.csv")
         await done(pool, "a.csv")
-        assert (FileState.DONE, 0) == ((await pool.record("a.csv")).state, (await pool.record("a.csv")).attempts)
+        assert (FileState.DONE, 0) == (
+            (await pool.record("a.csv")).state,
+            (await pool.record("a.csv")).attempts,
+        )
 
     logs = run(target, api, scenario, PoolOptions(folder=refusing))
     assert 1 == len(events_named(logs, "file_unreadable"))
@@ -505,7 +514,6 @@ def test_abort_during_a_graceful_stop_cuts_the_upload_off_at_once(tmp_path: Path
     """A second stop signal: stop() returns long before its grace period, the row is pending."""
     target = target_settings(tmp_path)
     api = Api(HANG)
-    logs: list[dict[str, Any]] = []
     measured: list[float] = []
 
     async def scenario(pool: Pool) -> None:
@@ -529,7 +537,6 @@ def test_a_worker_cancelled_by_accident_while_idle_is_replaced(tmp_path: Path) -
     """worker_died at critical level, and the pool keeps its size and delivers."""
     target = target_settings(tmp_path, concurrency=2)
     api = Api(201)
-    logs: list[dict[str, Any]] = []
     alive: list[int] = []
 
     async def scenario(pool: Pool) -> None:
@@ -561,7 +568,10 @@ def test_a_worker_cancelled_in_the_middle_of_an_upload_is_replaced_and_the_file_
         (worker,) = worker_tasks()
         worker.cancel()
         await done(pool, "a.csv")
-        assert (FileState.DONE, 0) == ((await pool.record("a.csv")).state, (await pool.record("a.csv")).attempts)
+        assert (FileState.DONE, 0) == (
+            (await pool.record("a.csv")).state,
+            (await pool.record("a.csv")).attempts,
+        )
 
     logs = run(target, api, scenario)
     assert 1 == len(events_named(logs, "worker_died"))
@@ -588,4 +598,3 @@ def test_an_idle_pool_stops_at_once(tmp_path: Path) -> None:
     asyncio.run(main())
     assert stopped[0] < 5.0
     assert [] == api.requests
-
