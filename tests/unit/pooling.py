@@ -29,6 +29,7 @@ from uploader_daemon.errors import LoginFailedError
 from uploader_daemon.identity import FileIdentity
 from uploader_daemon.journal import Claim, FileRecord, SqliteJournal
 from uploader_daemon.pool.execution import Execution
+from uploader_daemon.pool.gate import ApiGate
 from uploader_daemon.pool.intake import Intake
 from uploader_daemon.pool.outcomes import Outcomes
 from uploader_daemon.pool.schedule import Schedule
@@ -326,12 +327,14 @@ def build_pool(target: TargetSettings, client: httpx.AsyncClient, options: PoolO
     )
     outcomes = Outcomes(target, journal, clock, options.redactor)
     resettles = Resettles()
+    gate = ApiGate(target.name, target.retry, schedule, clock)
     workers = WorkerPool(
         target=target,
         schedule=schedule,
         journal=journal,
         execution=execution,
         outcomes=outcomes,
+        gate=gate,
         resettle=resettles,
         clock=clock,
         owner=OWNER,

@@ -1,4 +1,4 @@
-"""The schedule: one entry per path, handed out in discovery order, on timers, paused as a whole."""
+"""The schedule: one entry per path, handed out in discovery order, on timers, held as a whole."""
 
 from __future__ import annotations
 
@@ -114,34 +114,56 @@ def test_a_later_for_another_journal_row_replaces_the_entry() -> None:
     run(scenario)
 
 
-def test_a_pause_holds_every_file_back_until_it_ends() -> None:
-    """take() waits out the pause; a shorter pause never shortens it."""
+def test_a_hold_hands_out_nothing_until_it_ends_then_one_probe() -> None:
+    """take() waits out the hold; then exactly one file goes, the rest wait for the verdict."""
 
     async def scenario(schedule: Schedule) -> None:
         started = loop_time()
-        schedule.pause(started + 0.1)
-        schedule.pause(started + 0.01)
+        schedule.hold(started + 0.1)
         schedule.put("a.csv", 1)
-        assert schedule.paused
+        schedule.put("b.csv", 2)
+        assert schedule.held
         assert ("a.csv", 1) == await schedule.take()
         assert loop_time() >= started + 0.1 - 0.002
-        assert not schedule.paused
+        second = asyncio.create_task(schedule.take())
+        for _ in range(10):
+            await asyncio.sleep(0)
+        assert not second.done()  # the probe's verdict is not in yet
+        schedule.resume()
+        assert ("b.csv", 2) == await asyncio.wait_for(second, 1)
+        assert not schedule.held
 
     run(scenario)
 
 
-def test_resume_wakes_a_taker_that_waits_out_a_long_pause() -> None:
-    """resume() lifts the pause at once."""
+def test_a_failed_probe_sets_the_next_hold_and_one_more_probe_goes_after_it() -> None:
+    """hold() again after the probe: the next file goes once that hold ends."""
 
     async def scenario(schedule: Schedule) -> None:
-        schedule.pause(loop_time() + 60)
+        schedule.hold(loop_time())
+        schedule.put("a.csv", 1)
+        schedule.put("b.csv", 2)
+        assert ("a.csv", 1) == await schedule.take()
+        again = loop_time()
+        schedule.hold(again + 0.05)
+        assert ("b.csv", 2) == await asyncio.wait_for(schedule.take(), 1)
+        assert loop_time() >= again + 0.05 - 0.002
+
+    run(scenario)
+
+
+def test_resume_wakes_a_taker_that_waits_out_a_long_hold() -> None:
+    """resume() lifts the hold at once."""
+
+    async def scenario(schedule: Schedule) -> None:
+        schedule.hold(loop_time() + 60)
         schedule.put("a.csv", 1)
         taker = asyncio.create_task(schedule.take())
         await asyncio.sleep(0)  # let it start waiting
         assert not taker.done()
         schedule.resume()
         assert ("a.csv", 1) == await asyncio.wait_for(taker, 1)
-        assert not schedule.paused
+        assert not schedule.held
 
     run(scenario)
 
@@ -162,11 +184,11 @@ def test_a_closed_schedule_hands_out_nothing_and_takes_nothing_new() -> None:
     run(scenario)
 
 
-def test_close_wakes_a_taker_waiting_out_a_pause() -> None:
-    """A paused taker learns of the close at once instead of at the pause's end."""
+def test_close_wakes_a_taker_waiting_out_a_hold() -> None:
+    """A held taker learns of the close at once instead of at the hold's end."""
 
     async def scenario(schedule: Schedule) -> None:
-        schedule.pause(loop_time() + 60)
+        schedule.hold(loop_time() + 60)
         taker = asyncio.create_task(schedule.take())
         await asyncio.sleep(0)
         schedule.close()
@@ -194,18 +216,13 @@ def test_a_file_waiting_only_for_its_filing_does_not_count_as_needing_the_api() 
     run(scenario)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: Schedule.take checks the pause only before queue.get(), so a taker that was "
-    "already waiting on an empty queue hands out a file queued during a pause",
-)
-def test_a_taker_already_waiting_when_the_pause_begins_is_held_back_too() -> None:
-    """An idle worker must not get a file during a pause (the login backoff) either."""
+def test_a_taker_already_waiting_when_the_hold_begins_is_held_back_too() -> None:
+    """An idle worker must not get a file during a hold (the login backoff) either."""
 
     async def scenario(schedule: Schedule) -> None:
         taker = asyncio.create_task(schedule.take())
         await asyncio.sleep(0)  # the idle worker waits on the empty queue
-        schedule.pause(loop_time() + 60)
+        schedule.hold(loop_time() + 60)
         schedule.put("a.csv", 1)
         for _ in range(10):  # let the loop run the taker as far as it can go
             await asyncio.sleep(0)

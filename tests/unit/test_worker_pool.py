@@ -127,15 +127,15 @@ def worker_tasks() -> list[asyncio.Task[Any]]:
 
 
 def test_a_file_is_retried_after_server_errors_until_it_is_delivered(tmp_path: Path) -> None:
-    """Two 503s, then 201: delivered and archived, two failed attempts in the journal."""
+    """Two 500s (the file's own failures), then 201: delivered and archived, two attempts counted."""
     target = target_settings(tmp_path, attempts=5)
-    api = Api(503, 503, 201)
+    api = Api(500, 500, 201)
 
     async def scenario(pool: Pool) -> None:
         offer(pool, "a.csv")
         await done(pool, "a.csv")
         record = await pool.record("a.csv")
-        assert (FileState.DONE, Disposition.ARCHIVED, 2, 503) == (
+        assert (FileState.DONE, Disposition.ARCHIVED, 2, 500) == (
             record.state,
             record.disposition,
             record.attempts,
@@ -149,9 +149,9 @@ def test_a_file_is_retried_after_server_errors_until_it_is_delivered(tmp_path: P
 
 
 def test_a_file_that_keeps_failing_is_parked_after_its_last_attempt(tmp_path: Path) -> None:
-    """retry.attempts 503s: the file goes to failed_dir; no further request."""
+    """retry.attempts 500s: the file goes to failed_dir; no further request."""
     target = target_settings(tmp_path, attempts=2)
-    api = Api(503)
+    api = Api(500)
 
     async def scenario(pool: Pool) -> None:
         offer(pool, "a.csv")
@@ -201,7 +201,7 @@ def test_nothing_is_sent_while_the_login_backs_off_and_no_attempt_is_counted(tmp
     async def scenario(pool: Pool) -> None:
         offer(pool, "a.csv")
         await eventually(lambda: credential.failed_at, message="the failed login")
-        assert pool.schedule.paused
+        assert pool.schedule.held
         offer(pool, "b.csv")  # arrives during the pause: waits too
         await done(pool, "a.csv")
         await done(pool, "b.csv")
@@ -213,6 +213,25 @@ def test_nothing_is_sent_while_the_login_backs_off_and_no_attempt_is_counted(tmp
     assert 2 == len(api.requests)
     pause_over = credential.failed_at[0] + 0.3
     assert [] == [moment for moment in api.times if moment < pause_over - 0.002]
+
+
+def test_503s_are_an_outage_that_holds_the_file_without_spending_its_attempts(tmp_path: Path) -> None:
+    """attempts: 2, yet three 503s in a row park nothing: the target holds, probes, then delivers."""
+    target = target_settings(tmp_path, attempts=2)
+    api = Api(503, 503, 503, 201)
+
+    async def scenario(pool: Pool) -> None:
+        offer(pool, "a.csv")
+        await done(pool, "a.csv")
+        record = await pool.record("a.csv")
+        assert (FileState.DONE, 0) == (record.state, record.attempts)
+
+    logs = run(target, api, scenario)
+    assert 4 == len(api.requests)
+    assert 1 == len(events_named(logs, "api_outage_started"))
+    assert 1 == len(events_named(logs, "api_outage_ended"))
+    failed_dir = tmp_path / "failed"
+    assert [] == (list(failed_dir.iterdir()) if failed_dir.exists() else [])
 
 
 # --- after-upload retries --------------------------------------------------------------
@@ -341,11 +360,6 @@ def test_a_journal_write_failing_after_the_delivery_files_the_file_away_later(tm
     assert 1 == len(api.requests)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: Outcomes.file_away retried after the archive move sees the path empty and records "
-    "the file as vanished, losing its archive destination",
-)
 def test_an_archived_file_whose_journal_write_failed_is_still_recorded_as_archived(tmp_path: Path) -> None:
     """finish() raising once after the archive move: the retry must not record it as vanished."""
     target = target_settings(tmp_path)
