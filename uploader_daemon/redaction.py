@@ -201,7 +201,8 @@ class Redactor:
         return event_dict
 
     def scrub(self, text: str) -> str:
-        """Return ``text`` with every known and recognisable credential replaced."""
+        """Return ``text`` with every known and recognisable credential replaced (and printable)."""
+        text = printable(text)
         for secret, standalone in self._patterns:
             if secret in text:
                 text = (
@@ -213,7 +214,7 @@ class Redactor:
         if _is_sensitive_key(key):
             return REDACTED if value not in (None, "") else value
         if isinstance(value, str):
-            return self.scrub(printable(value))
+            return self.scrub(value)
         if isinstance(value, MutableMapping | dict):
             return {k: self._clean(k, v) for k, v in value.items()}
         if isinstance(value, list | tuple):

@@ -329,7 +329,7 @@ class SqliteJournal:
             now,
             state=FileState.DONE,
             disposition=disposition,
-            destination=destination,
+            destination=_stored(destination) if destination is not None else None,
             last_error=None,
             owner=None,
         )
@@ -354,7 +354,7 @@ class SqliteJournal:
             last_error=error,
             last_status=status,
             disposition=disposition,
-            destination=destination,
+            destination=_stored(destination) if destination is not None else None,
             owner=None,
         )
 
@@ -510,7 +510,7 @@ def _record(row: sqlite3.Row) -> FileRecord:
         last_error=row["last_error"],
         last_status=row["last_status"],
         disposition=Disposition(disposition) if disposition else None,
-        destination=row["destination"],
+        destination=_loaded(row["destination"]) if row["destination"] is not None else None,
         idempotency_key=row["idempotency_key"],
         owner=row["owner"],
         discovered_at=row["discovered_at"],
