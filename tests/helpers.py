@@ -1,7 +1,9 @@
-"""Test helpers: waiting on conditions with deadlines, running the real daemon.
+"""Test helpers: waiting on conditions with deadlines, running the real daemon, building configs.
 
 Nothing here sleeps to wait for something: :func:`wait_until` re-checks a condition
-until a deadline, and the daemon runners wait on events.
+until a deadline, and the daemon runners wait on events. :class:`ConfigYaml` builds a
+whole daemon config as a mapping and dumps it with ``yaml.safe_dump``, so no test
+writes (or quotes) YAML by hand unless the YAML itself is what it tests.
 """
 
 from __future__ import annotations
@@ -18,10 +20,13 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import KW_ONLY, dataclass
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from uploader_daemon.auth.base import AuthHeaders
 from uploader_daemon.clock import Clock
@@ -134,6 +139,151 @@ def write_config(path: Path, text: str, **values: object) -> Path:
 def load(text: str, environ: Mapping[str, str] | None = None, **values: object) -> Config:
     """Parse an inline dedented YAML config (``{placeholders}`` filled from ``values``)."""
     return parse_config(textwrap.dedent(text).format(**values), "test config", dict(environ or {}))
+
+
+Snippet = Mapping[str, Any] | str
+"""A part of a config: a mapping, or the YAML text of one (``"{type: none}"``)."""
+
+# The emulator's token API (flow T): the login the token tests use and its multipart upload.
+EMULATOR_LOGIN: Mapping[str, Any] = {
+    "path": "/auth/login",
+    "username": "uploader",
+    "password": {"env": "UPLOADER_PASSWORD"},
+}
+ENVIO_UPLOAD: Mapping[str, Any] = {"type": "multipart", "path": "/api/envio", "file_field": "file"}
+
+
+def mapping_of(snippet: Snippet | None) -> dict[str, Any]:
+    """A snippet as a plain dict: a mapping copied, YAML text parsed; ``None`` and ``""`` are empty.
+
+    Raises ``TypeError`` when the YAML text is not a mapping.
+    """
+    if snippet is None:
+        return {}
+    if not isinstance(snippet, str):
+        return dict(snippet)
+    parsed = yaml.safe_load(snippet)
+    if parsed is None:
+        return {}
+    if not isinstance(parsed, dict):
+        raise TypeError(f"a config snippet must be a YAML mapping, not {snippet!r}")
+    return parsed
+
+
+def token_auth(login: Snippet = EMULATOR_LOGIN, **settings: Any) -> dict[str, Any]:
+    """``auth: {type: token}`` logging in with ``login``; ``settings`` add ``refresh``, ``header``..."""
+    return {"type": "token", "login": mapping_of(login), **settings}
+
+
+def _plain(value: object) -> object:
+    """``value`` as ``yaml.safe_dump`` can write it: mappings as dicts, paths as strings, tuples as lists."""
+    if isinstance(value, Mapping):
+        return _plain_mapping(value)
+    if isinstance(value, list | tuple):
+        return [_plain(item) for item in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def _plain_mapping(mapping: Mapping[str, Any]) -> dict[str, Any]:
+    return {key: _plain(value) for key, value in mapping.items()}
+
+
+def _without_none(mapping: Mapping[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in mapping.items() if value is not None}
+
+
+@dataclass(frozen=True)
+class Retry:
+    """A target's ``retry`` mapping; a field left ``None`` is not written (the daemon's default)."""
+
+    attempts: int | None = None
+    backoff: str | None = None
+    max_backoff: str | None = None
+
+
+@dataclass(frozen=True)
+class ConfigYaml:
+    """A whole daemon config with one target, built as a mapping and dumped with ``yaml.safe_dump``.
+
+    ``folders`` is the ``folders`` fixture's layout: ``state`` (state_dir), ``drop`` (the
+    target's folder), ``failed`` (failed_dir) and ``sent`` (the archive, unless
+    ``after_upload`` says otherwise). Every keyword is one key of the target or of the
+    top level; ``None`` leaves the key out, so the daemon's default applies. Secrets
+    such as ``{"env": "NAME"}`` are plain nested mappings; paths may be ``Path``.
+    Derive a variant with ``dataclasses.replace``.
+    """
+
+    folders: Mapping[str, Path]
+    name: str
+    base_url: str
+    _: KW_ONLY
+    # Test files arrive closed, so no settle wait is needed before they are picked up.
+    settle: str | None = "0s"
+    concurrency: int | None = None
+    # Pickup is proven through events; an hourly rescan never fires during a test.
+    watch: Snippet | None = "{rescan_every: 1h}"
+    retry: Retry | None = None
+    # None archives into folders["sent"]: the key is required, so there is no leaving it out.
+    after_upload: Snippet | None = None
+    api_timeout: str | None = None
+    auth: Snippet = "{type: none}"
+    upload: Snippet = "{type: multipart}"
+    # More keys of the target (include, recursive...), written after the others.
+    extra: Snippet | None = None
+    log: Snippet | None = None
+    shutdown_grace: str | None = None
+    # Whole target mappings after the first (another builder's ``target()``, say).
+    extra_targets: Sequence[Snippet] = ()
+
+    def target(self) -> dict[str, Any]:
+        """The first target's mapping."""
+        after_upload = self.after_upload
+        if after_upload is None:
+            after_upload = {"action": "archive", "archive_dir": self.folders["sent"]}
+        target = _without_none(
+            {
+                "name": self.name,
+                "folder": self.folders["drop"],
+                "settle": self.settle,
+                "concurrency": self.concurrency,
+                "watch": None if self.watch is None else mapping_of(self.watch),
+                "retry": None if self.retry is None else _without_none(vars(self.retry)),
+                "after_upload": mapping_of(after_upload),
+                "failed_dir": self.folders["failed"],
+                "api": _without_none({"base_url": self.base_url, "timeout": self.api_timeout}),
+                "auth": mapping_of(self.auth),
+                "upload": mapping_of(self.upload),
+            }
+        )
+        return _plain_mapping(target | mapping_of(self.extra))
+
+    def data(self) -> dict[str, Any]:
+        """The whole config as the mapping the YAML file holds."""
+        config = _without_none(
+            {
+                "state_dir": self.folders["state"],
+                "log": None if self.log is None else mapping_of(self.log),
+                "shutdown_grace": self.shutdown_grace,
+                "targets": [self.target(), *(mapping_of(target) for target in self.extra_targets)],
+            }
+        )
+        return _plain_mapping(config)
+
+    def text(self) -> str:
+        """The config as YAML text."""
+        return yaml.safe_dump(self.data(), sort_keys=False)
+
+    def load(self, environ: Mapping[str, str] | None = None) -> Config:
+        """The parsed config; ``environ`` supplies ``{env: NAME}`` secrets. Raises ``ConfigError``."""
+        # Not load(): it fills {placeholders}, and the dumped text holds literal braces ("Bearer {token}").
+        return parse_config(self.text(), "test config", dict(environ or {}))
+
+    def write(self, path: Path) -> Path:
+        """Write the YAML to ``path`` (for ``DaemonProcess`` and the CLI) and return ``path``."""
+        path.write_text(self.text(), encoding="utf-8")
+        return path
 
 
 class DaemonThread:

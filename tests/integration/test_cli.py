@@ -12,32 +12,21 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import PASSWORD
-from tests.helpers import DaemonThread, running_daemon, wait_until, write_config
+from tests.helpers import (
+    ENVIO_UPLOAD,
+    ConfigYaml,
+    DaemonThread,
+    Retry,
+    running_daemon,
+    token_auth,
+    wait_until,
+    write_config,
+)
 from uploader_daemon.config import load_config
 from uploader_daemon.emulator import Emulator, ScriptedResponse
 
 COMMAND_TIMEOUT = 30.0
 ENVIRON = {"UPLOADER_PASSWORD": PASSWORD}
-
-GOOD_CONFIG = """
-state_dir: {state}
-log: {{level: info, format: json}}
-shutdown_grace: 1s
-targets:
-  - name: reports
-    folder: {drop}
-    settle: 0s
-    watch: {{rescan_every: 1h}}
-    retry: {{attempts: 3, backoff: 100ms, max_backoff: 500ms}}
-    after_upload: {{action: archive, archive_dir: {sent}}}
-    failed_dir: {failed}
-    api: {{base_url: "{base_url}", timeout: 10s}}
-    auth:
-      type: token
-      login: {{path: /auth/login, username: uploader, password: {{env: UPLOADER_PASSWORD}}}}
-      refresh: {{path: /auth/tokenRefresh, check_every: 1h}}
-    upload: {{type: multipart, path: /api/envio, file_field: file}}
-"""
 
 
 def uploader_daemon(
@@ -59,13 +48,18 @@ def uploader_daemon(
 
 
 def good_config(path: Path, folders: dict[str, Path], base_url: str, **changes: Path) -> Path:
-    values = {
-        "state": folders["state"],
-        "drop": folders["drop"],
-        "sent": folders["sent"],
-        "failed": folders["failed"],
-    } | changes
-    return write_config(path, GOOD_CONFIG, base_url=base_url, **values)
+    """A valid flow-T config file on the test's folders; ``changes`` replace folders (``state=...``)."""
+    return ConfigYaml(
+        folders | changes,
+        "reports",
+        base_url,
+        log={"level": "info", "format": "json"},
+        shutdown_grace="1s",
+        retry=Retry(3, "100ms", "500ms"),
+        api_timeout="10s",
+        auth=token_auth(refresh={"path": "/auth/tokenRefresh", "check_every": "1h"}),
+        upload=ENVIO_UPLOAD,
+    ).write(path)
 
 
 def problem_lines(stderr: str) -> list[str]:

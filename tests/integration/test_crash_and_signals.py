@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import PASSWORD
-from tests.helpers import DaemonProcess, wait_until, write_config
+from tests.helpers import ENVIO_UPLOAD, ConfigYaml, DaemonProcess, Retry, token_auth, wait_until
 from uploader_daemon.emulator import Emulator, EmulatorSettings, ScriptedResponse
 from uploader_daemon.journal import SqliteJournal, TargetCounts
 
@@ -37,38 +37,20 @@ def process_config(
     level: str = "info",
     before_expiry: str = "5m",
 ) -> Path:
-    return write_config(
-        path,
-        """
-        state_dir: {state}
-        log: {{level: {level}, format: json}}
-        shutdown_grace: {grace}
-        targets:
-          - name: reports
-            folder: {drop}
-            settle: 0s
-            concurrency: {concurrency}
-            watch: {{rescan_every: 1h}}
-            retry: {{attempts: 10, backoff: 100ms, max_backoff: 500ms}}
-            after_upload: {{action: archive, archive_dir: {sent}}}
-            failed_dir: {failed}
-            api: {{base_url: "{base_url}", timeout: 30s}}
-            auth:
-              type: token
-              login: {{path: /auth/login, username: uploader, password: {{env: UPLOADER_PASSWORD}}}}
-              refresh: {{path: /auth/tokenRefresh, check_every: 1h, before_expiry: {before_expiry}}}
-            upload: {{type: multipart, path: /api/envio, file_field: file}}
-        """,
-        state=folders["state"],
-        drop=folders["drop"],
-        sent=folders["sent"],
-        failed=folders["failed"],
-        base_url=emulator.base_url,
-        grace=grace,
-        level=level,
+    return ConfigYaml(
+        folders,
+        TARGET,
+        emulator.base_url,
+        log={"level": level, "format": "json"},
+        shutdown_grace=grace,
         concurrency=CONCURRENCY,
-        before_expiry=before_expiry,
-    )
+        retry=Retry(10, "100ms", "500ms"),
+        api_timeout="30s",
+        auth=token_auth(
+            refresh={"path": "/auth/tokenRefresh", "check_every": "1h", "before_expiry": before_expiry}
+        ),
+        upload=ENVIO_UPLOAD,
+    ).write(path)
 
 
 class Processes:

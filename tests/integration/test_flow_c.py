@@ -14,53 +14,41 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tests.conftest import PASSWORD
-from tests.helpers import load, running_daemon, wait_until
+from tests.helpers import ConfigYaml, Retry, running_daemon, token_auth, wait_until
 from uploader_daemon.config import Config
 from uploader_daemon.emulator import Emulator
 
 JWT_LIFETIME = 1234.0
-CONFIG = """
-    state_dir: {state}
-    targets:
-      - name: videos
-        folder: {drop}
-        settle: 0s
-        watch: {{rescan_every: 1h}}
-        retry: {{attempts: 3, backoff: 50ms, max_backoff: 100ms}}
-        after_upload: {{action: archive, archive_dir: {sent}}}
-        failed_dir: {failed}
-        api: {{base_url: "{base_url}", timeout: 10s}}
-        auth:
-          type: token
-          login:
-            path: /api/auth/login
-            username: uploader
-            password: {{env: CONVERTER_PASSWORD}}
-            token_field: token
-          refresh: {{check_every: 1h, before_expiry: 5m, active_within: 30m}}
-          default_lifetime: 1h
-        upload:
-          type: conversion_task
-          conversion_type: mp4
-          output_dir: {out}
-          filename: "template-{{file.stem}}"
-          poll: {{interval: 20ms, deadline: 10s}}
-          delete_task: {delete_task}
-"""
 
 
 def config_for(emu: Emulator, folders: dict[str, Path], *, delete_task: bool = False) -> Config:
-    return load(
-        CONFIG,
-        {"CONVERTER_PASSWORD": PASSWORD},
-        state=folders["state"],
-        drop=folders["drop"],
-        sent=folders["sent"],
-        failed=folders["failed"],
-        out=folders["out"],
-        base_url=emu.base_url,
-        delete_task="true" if delete_task else "false",
-    )
+    login = {
+        "path": "/api/auth/login",
+        "username": "uploader",
+        "password": {"env": "CONVERTER_PASSWORD"},
+        "token_field": "token",
+    }
+    upload = {
+        "type": "conversion_task",
+        "conversion_type": "mp4",
+        "output_dir": folders["out"],
+        "filename": "template-{file.stem}",
+        "poll": {"interval": "20ms", "deadline": "10s"},
+        "delete_task": delete_task,
+    }
+    return ConfigYaml(
+        folders,
+        "videos",
+        emu.base_url,
+        retry=Retry(3, "50ms", "100ms"),
+        api_timeout="10s",
+        auth=token_auth(
+            login,
+            refresh={"check_every": "1h", "before_expiry": "5m", "active_within": "30m"},
+            default_lifetime="1h",
+        ),
+        upload=upload,
+    ).load({"CONVERTER_PASSWORD": PASSWORD})
 
 
 def wait_for_files(folder: Path, *names: str) -> None:

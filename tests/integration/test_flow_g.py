@@ -18,40 +18,51 @@ from typing import Any
 
 from structlog.testing import capture_logs
 
-from tests.helpers import load, running_daemon, wait_until
+from tests.helpers import ConfigYaml, Retry, running_daemon, wait_until
 from tests.integration.conftest import CognitoPool
 from tests.integration.gateway import Gateway
 from uploader_daemon.config import Config
 
 STAGE = "/alphav2"
-CONFIG = """
-    state_dir: {state}
-    targets:
-      - name: clips
-        folder: {drop}
-        settle: 0s
-        watch: {{rescan_every: 1h}}
-        retry: {{attempts: 3, backoff: 50ms, max_backoff: 100ms}}
-        after_upload: {{action: archive, archive_dir: {sent}}}
-        failed_dir: {failed}
-        api: {{base_url: "{base_url}", timeout: 10s}}
-        auth:
-          type: cognito
-          region: {region}
-          user_pool_id: {user_pool_id}
-          client_id: {client_id}
-          username: {username}
-          password: {{env: COGNITO_PASSWORD}}
-          endpoint_url: "{moto_url}"
-          token: access
-          refresh: {{check_every: 1h, before_expiry: {before_expiry}, active_within: {active_within}}}
-          header: "TOK:{{token}}"
-        upload:
-          type: gateway_presigned
-          path: /live/uploadclip/
-          folder: video
-          upload_key: "{{file.name}}"
-"""
+
+
+def config_yaml(
+    pool: CognitoPool,
+    gateway: Gateway,
+    moto_url: str,
+    folders: dict[str, Path],
+    *,
+    before_expiry: str = "5m",
+    active_within: str = "30m",
+) -> ConfigYaml:
+    """Flow G on the test's folders: Cognito on moto, the gateway stand-in under ``STAGE``."""
+    auth = {
+        "type": "cognito",
+        "region": pool.region,
+        "user_pool_id": pool.user_pool_id,
+        "client_id": pool.client_id,
+        "username": pool.username,
+        "password": {"env": "COGNITO_PASSWORD"},
+        "endpoint_url": moto_url,
+        "token": "access",
+        "refresh": {"check_every": "1h", "before_expiry": before_expiry, "active_within": active_within},
+        "header": "TOK:{token}",
+    }
+    upload = {
+        "type": "gateway_presigned",
+        "path": "/live/uploadclip/",
+        "folder": "video",
+        "upload_key": "{file.name}",
+    }
+    return ConfigYaml(
+        folders,
+        "clips",
+        gateway.url + STAGE,
+        retry=Retry(3, "50ms", "100ms"),
+        api_timeout="10s",
+        auth=auth,
+        upload=upload,
+    )
 
 
 def config_for(
@@ -63,22 +74,10 @@ def config_for(
     before_expiry: str = "5m",
     active_within: str = "30m",
 ) -> Config:
-    return load(
-        CONFIG,
-        {"COGNITO_PASSWORD": pool.password},
-        state=folders["state"],
-        drop=folders["drop"],
-        sent=folders["sent"],
-        failed=folders["failed"],
-        base_url=gateway.url + STAGE,
-        region=pool.region,
-        user_pool_id=pool.user_pool_id,
-        client_id=pool.client_id,
-        username=pool.username,
-        moto_url=moto_url,
-        before_expiry=before_expiry,
-        active_within=active_within,
+    config = config_yaml(
+        pool, gateway, moto_url, folders, before_expiry=before_expiry, active_within=active_within
     )
+    return config.load({"COGNITO_PASSWORD": pool.password})
 
 
 def wait_for_files(folder: Path, *names: str) -> None:

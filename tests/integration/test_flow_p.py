@@ -14,32 +14,11 @@ from typing import Any
 
 from structlog.testing import capture_logs
 
-from tests.helpers import load, running_daemon, wait_until
+from tests.helpers import ConfigYaml, Retry, running_daemon, wait_until
 from uploader_daemon.config import Config
 from uploader_daemon.emulator import Emulator
 
 API_KEY = "p-static-key-0123"
-CONFIG = """
-    state_dir: {state}
-    targets:
-      - name: scans
-        folder: {drop}
-        settle: 0s
-        watch: {{rescan_every: 1h}}
-        retry: {{attempts: {attempts}, backoff: 20ms, max_backoff: 50ms}}
-        after_upload: {{action: archive, archive_dir: {sent}}}
-        failed_dir: {failed}
-        api: {{base_url: "{base_url}", timeout: 10s}}
-        auth:
-          type: headers
-          headers: {{Authorization: {{env: P_API_KEY}}}}
-        upload:
-          type: presigned_with_status
-          storage: {{url_field: url}}
-          poll: {{interval: {interval}, deadline: {deadline}}}
-          success: [completed]
-          failure: [error]
-"""
 
 
 def config_for(
@@ -50,18 +29,22 @@ def config_for(
     interval: str = "20ms",
     deadline: str = "10s",
 ) -> Config:
-    return load(
-        CONFIG,
-        {"P_API_KEY": f"Bearer {API_KEY}"},
-        state=folders["state"],
-        drop=folders["drop"],
-        sent=folders["sent"],
-        failed=folders["failed"],
-        base_url=emu.base_url,
-        attempts=attempts,
-        interval=interval,
-        deadline=deadline,
-    )
+    upload = {
+        "type": "presigned_with_status",
+        "storage": {"url_field": "url"},
+        "poll": {"interval": interval, "deadline": deadline},
+        "success": ["completed"],
+        "failure": ["error"],
+    }
+    return ConfigYaml(
+        folders,
+        "scans",
+        emu.base_url,
+        retry=Retry(attempts, "20ms", "50ms"),
+        api_timeout="10s",
+        auth={"type": "headers", "headers": {"Authorization": {"env": "P_API_KEY"}}},
+        upload=upload,
+    ).load({"P_API_KEY": f"Bearer {API_KEY}"})
 
 
 def wait_for_files(folder: Path, *names: str) -> None:

@@ -18,31 +18,10 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from tests.helpers import load, running_daemon, wait_until
+from tests.helpers import ConfigYaml, Retry, mapping_of, running_daemon, wait_until
 from uploader_daemon.config import Config
 from uploader_daemon.emulator import Emulator, ScriptedResponse
 
-CONFIG = """
-    state_dir: {state}
-    targets:
-      - name: runrun
-        folder: {drop}
-        settle: 0s
-        watch: {{rescan_every: 1h}}
-        retry: {{attempts: {attempts}, backoff: 50ms, max_backoff: 100ms}}
-        after_upload: {{action: archive, archive_dir: {sent}}}
-        failed_dir: {failed}
-        api: {{base_url: "{base_url}", timeout: 10s}}
-        auth:
-          type: headers
-          headers:
-            app-key: {{env: RUNRUN_APP_KEY}}
-            user-token: {{env: RUNRUN_USER_TOKEN}}
-        upload:
-          type: runrun_document
-          {task}
-          storage: {{url: "{storage_url}", extra_fields: {{success_action_status: "201"}}}}
-"""
 API_HEADERS = ("app-key", "user-token", "authorization")
 V4_FIELDS = {"key", "Policy", "X-Amz-Algorithm", "X-Amz-Credential", "X-Amz-Date", "X-Amz-Signature"}
 V2_FIELDS = {"key", "policy", "signature", "AWSAccessKeyId", "acl", "Content-Type"}
@@ -51,19 +30,23 @@ V2_FIELDS = {"key", "policy", "signature", "AWSAccessKeyId", "acl", "Content-Typ
 def config_for(
     emu: Emulator, folders: dict[str, Path], *, attempts: int = 3, task: str = "task_id: 77"
 ) -> Config:
+    """Flow R on the test's folders; ``task`` is the upload's task key in YAML (``task_id: 77``)."""
     environ = {"RUNRUN_APP_KEY": emu.settings.app_key, "RUNRUN_USER_TOKEN": emu.settings.user_token}
-    return load(
-        CONFIG,
-        environ,
-        state=folders["state"],
-        drop=folders["drop"],
-        sent=folders["sent"],
-        failed=folders["failed"],
-        base_url=emu.base_url,
-        storage_url=emu.storage_url,
-        attempts=attempts,
-        task=task,
-    )
+    headers = {"app-key": {"env": "RUNRUN_APP_KEY"}, "user-token": {"env": "RUNRUN_USER_TOKEN"}}
+    upload = {
+        "type": "runrun_document",
+        **mapping_of(task),
+        "storage": {"url": emu.storage_url, "extra_fields": {"success_action_status": "201"}},
+    }
+    return ConfigYaml(
+        folders,
+        "runrun",
+        emu.base_url,
+        retry=Retry(attempts, "50ms", "100ms"),
+        api_timeout="10s",
+        auth={"type": "headers", "headers": headers},
+        upload=upload,
+    ).load(environ)
 
 
 def drop(folders: dict[str, Path], name: str, data: bytes) -> None:

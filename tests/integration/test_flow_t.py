@@ -18,7 +18,16 @@ import pytest
 import structlog
 
 from tests.conftest import PASSWORD
-from tests.helpers import DaemonThread, FakeClock, load, running_daemon, wait_until
+from tests.helpers import (
+    ENVIO_UPLOAD,
+    ConfigYaml,
+    DaemonThread,
+    FakeClock,
+    Retry,
+    running_daemon,
+    token_auth,
+    wait_until,
+)
 from uploader_daemon.auth import ManagedTokenCredential
 from uploader_daemon.config import Config
 from uploader_daemon.emulator import Emulator, EmulatorSettings, ScriptedResponse
@@ -29,51 +38,37 @@ TARGET = "reports"
 ENVIRON = {"UPLOADER_PASSWORD": PASSWORD}
 
 
-def flow_t_config(emulator: Emulator, folders: dict[str, Path], **overrides: object) -> Config:
+def flow_t_config(
+    emulator: Emulator,
+    folders: dict[str, Path],
+    *,
+    concurrency: int = 4,
+    attempts: int = 5,
+    backoff: str = "100ms",
+    max_backoff: str = "1s",
+    check_every: str = "1h",
+    before_expiry: str = "5m",
+    active_within: str = "30m",
+) -> Config:
     """The core flow-T config on the test's folders; keyword arguments replace the defaults."""
-    values: dict[str, object] = {
-        "concurrency": 4,
-        "attempts": 5,
-        "backoff": "100ms",
-        "max_backoff": "1s",
-        "check_every": "1h",
-        "before_expiry": "5m",
-        "active_within": "30m",
-    } | overrides
-    return load(
-        """
-        state_dir: {state}
-        shutdown_grace: 2s
-        targets:
-          - name: reports
-            folder: {drop}
-            settle: 0s
-            concurrency: {concurrency}
-            watch: {{rescan_every: 1h}}
-            retry: {{attempts: {attempts}, backoff: {backoff}, max_backoff: {max_backoff}}}
-            after_upload: {{action: archive, archive_dir: {sent}}}
-            failed_dir: {failed}
-            api: {{base_url: "{base_url}", timeout: 10s}}
-            auth:
-              type: token
-              login: {{path: /auth/login, username: uploader, password: {{env: UPLOADER_PASSWORD}}}}
-              refresh:
-                path: /auth/tokenRefresh
-                method: GET
-                check_every: {check_every}
-                before_expiry: {before_expiry}
-                active_within: {active_within}
-              header: "Bearer {{token}}"
-            upload: {{type: multipart, path: /api/envio, file_field: file}}
-        """,
-        ENVIRON,
-        state=folders["state"],
-        drop=folders["drop"],
-        sent=folders["sent"],
-        failed=folders["failed"],
-        base_url=emulator.base_url,
-        **values,
-    )
+    refresh = {
+        "path": "/auth/tokenRefresh",
+        "method": "GET",
+        "check_every": check_every,
+        "before_expiry": before_expiry,
+        "active_within": active_within,
+    }
+    return ConfigYaml(
+        folders,
+        TARGET,
+        emulator.base_url,
+        shutdown_grace="2s",
+        concurrency=concurrency,
+        retry=Retry(attempts, backoff, max_backoff),
+        api_timeout="10s",
+        auth=token_auth(refresh=refresh, header="Bearer {token}"),
+        upload=ENVIO_UPLOAD,
+    ).load(ENVIRON)
 
 
 def counts(runner: DaemonThread) -> TargetCounts:

@@ -16,28 +16,10 @@ import pytest
 
 from bench import harness
 from tests.conftest import PASSWORD
-from tests.helpers import DaemonProcess, write_config
+from tests.helpers import ConfigYaml, DaemonProcess, token_auth
 from uploader_daemon.emulator import Emulator
 
 MIB = 1024 * 1024
-
-CONFIG = """
-state_dir: {state}
-log: {{level: info, format: json}}
-targets:
-  - name: perf
-    folder: {drop}
-    settle: 0s
-    concurrency: {concurrency}
-    after_upload: {{action: archive, archive_dir: {sent}}}
-    failed_dir: {failed}
-    api: {{base_url: "{url}", timeout: 120s}}
-    auth:
-      type: token
-      login: {{username: uploader, password: {password}}}
-      refresh: {{path: /auth/tokenRefresh}}
-    upload: {{type: multipart}}
-"""
 
 
 def proc_status(pid: int, field: str) -> int:
@@ -55,17 +37,18 @@ def cpu_seconds(pid: int) -> float:
 
 @pytest.fixture
 def daemon_process(tmp_path: Path, folders: dict[str, Path], emulator: Emulator) -> Iterator[DaemonProcess]:
-    config = write_config(
-        tmp_path / "config.yaml",
-        CONFIG,
-        state=folders["state"],
-        drop=folders["drop"],
-        sent=folders["sent"],
-        failed=folders["failed"],
-        url=emulator.base_url,
-        password=PASSWORD,
+    config = ConfigYaml(
+        folders,
+        "perf",
+        emulator.base_url,
+        log={"level": "info", "format": "json"},
         concurrency=4,
-    )
+        watch=None,
+        api_timeout="120s",
+        auth=token_auth(
+            {"username": "uploader", "password": PASSWORD}, refresh={"path": "/auth/tokenRefresh"}
+        ),
+    ).write(tmp_path / "config.yaml")
     process = DaemonProcess(config, tmp_path / "daemon.log")
     try:
         process.wait_for_log("daemon_started")

@@ -9,6 +9,7 @@ whole output is searched for every secret the daemon held or was handed.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import signal
@@ -16,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tests.helpers import DaemonProcess, wait_until, write_config
+from tests.helpers import DaemonProcess, wait_until
 from tests.integration import test_flow_g as flow_g
 from tests.integration.conftest import CognitoPool
 from tests.integration.gateway import Gateway
@@ -24,10 +25,6 @@ from tests.integration.gateway import Gateway
 TIMEOUT = 20.0
 # Any JWT (the access token, the id token) in whatever text.
 JWT_SHAPED = re.compile(r"eyJ[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{10,}")
-# Flow G's test config, run as a process at debug level with JSON lines.
-CONFIG = flow_g.CONFIG.replace(
-    "    state_dir: {state}\n", "    state_dir: {state}\n    log: {{level: debug, format: json}}\n"
-)
 
 
 def recording_answers(gateway: Gateway) -> list[dict[str, Any]]:
@@ -57,22 +54,10 @@ def test_flow_g_at_debug_level_logs_no_password_token_or_presigned_signature(
     pool = new_cognito_pool()
     gateway = start_gateway(bucket, pool.region)
     answers = recording_answers(gateway)
-    config = write_config(
-        tmp_path / "config.yaml",
-        CONFIG,
-        state=folders["state"],
-        drop=folders["drop"],
-        sent=folders["sent"],
-        failed=folders["failed"],
-        base_url=gateway.url + flow_g.STAGE,
-        region=pool.region,
-        user_pool_id=pool.user_pool_id,
-        client_id=pool.client_id,
-        username=pool.username,
-        moto_url=moto_url,
-        before_expiry="5m",
-        active_within="30m",
-    )
+    # Flow G's test config, run as a process at debug level with JSON lines.
+    config = dataclasses.replace(
+        flow_g.config_yaml(pool, gateway, moto_url, folders), log={"level": "debug", "format": "json"}
+    ).write(tmp_path / "config.yaml")
     daemon = DaemonProcess(config, tmp_path / "daemon.log", {"COGNITO_PASSWORD": pool.password})
     try:
         daemon.wait_for_log('"daemon_started"', TIMEOUT)

@@ -13,7 +13,15 @@ import signal
 from pathlib import Path
 
 from tests.conftest import PASSWORD
-from tests.helpers import DaemonProcess, load, running_daemon, wait_until, write_config
+from tests.helpers import (
+    ENVIO_UPLOAD,
+    ConfigYaml,
+    DaemonProcess,
+    Retry,
+    running_daemon,
+    token_auth,
+    wait_until,
+)
 from uploader_daemon.emulator import Emulator, EmulatorSettings, ScriptedResponse
 
 TIMEOUT = 20.0
@@ -27,38 +35,24 @@ def test_password_tokens_and_authorization_headers_never_appear_in_debug_json_lo
         storage_dir=tmp_path / "server", users={"uploader": PASSWORD}, token_lifetime=4.0
     )
     with Emulator(settings) as emulator:
-        config = write_config(
-            tmp_path / "config.yaml",
-            """
-            state_dir: {state}
-            log: {{level: debug, format: json}}
-            shutdown_grace: 1s
-            targets:
-              - name: reports
-                folder: {drop}
-                settle: 0s
-                concurrency: 2
-                watch: {{rescan_every: 1h}}
-                retry: {{attempts: 10, backoff: 100ms, max_backoff: 300ms}}
-                after_upload: {{action: archive, archive_dir: {sent}}}
-                failed_dir: {failed}
-                api: {{base_url: "{base_url}", timeout: 10s}}
-                auth:
-                  type: token
-                  login: {{path: /auth/login, username: uploader, password: {{env: UPLOADER_PASSWORD}}}}
-                  refresh:
-                    path: /auth/tokenRefresh
-                    check_every: 500ms
-                    before_expiry: 3s
-                    active_within: 1m
-                upload: {{type: multipart, path: /api/envio, file_field: file}}
-            """,
-            state=state,
-            drop=drop,
-            sent=sent,
-            failed=tmp_path / "failed",
-            base_url=emulator.base_url,
-        )
+        refresh = {
+            "path": "/auth/tokenRefresh",
+            "check_every": "500ms",
+            "before_expiry": "3s",
+            "active_within": "1m",
+        }
+        config = ConfigYaml(
+            {"state": state, "drop": drop, "sent": sent, "failed": tmp_path / "failed"},
+            "reports",
+            emulator.base_url,
+            log={"level": "debug", "format": "json"},
+            shutdown_grace="1s",
+            concurrency=2,
+            retry=Retry(10, "100ms", "300ms"),
+            api_timeout="10s",
+            auth=token_auth(refresh=refresh),
+            upload=ENVIO_UPLOAD,
+        ).write(tmp_path / "config.yaml")
         # The first login is refused by an API that quotes what it was sent.
         emulator.script(
             "POST",
@@ -136,28 +130,8 @@ def test_failed_file_sidecar_does_not_quote_the_token_the_server_echoed(
     emulator: Emulator, folders: dict[str, Path]
 ) -> None:
     """A 400 whose body echoes the Authorization header leaves no token in `<name>.error.json`."""
-    config = load(
-        """
-        state_dir: {state}
-        targets:
-          - name: reports
-            folder: {drop}
-            settle: 0s
-            watch: {{rescan_every: 1h}}
-            after_upload: {{action: archive, archive_dir: {sent}}}
-            failed_dir: {failed}
-            api: {{base_url: "{base_url}"}}
-            auth:
-              type: token
-              login: {{path: /auth/login, username: uploader, password: {{env: UPLOADER_PASSWORD}}}}
-            upload: {{type: multipart, path: /api/envio, file_field: file}}
-        """,
-        {"UPLOADER_PASSWORD": PASSWORD},
-        state=folders["state"],
-        drop=folders["drop"],
-        sent=folders["sent"],
-        failed=folders["failed"],
-        base_url=emulator.base_url,
+    config = ConfigYaml(folders, "reports", emulator.base_url, auth=token_auth(), upload=ENVIO_UPLOAD).load(
+        {"UPLOADER_PASSWORD": PASSWORD}
     )
     with running_daemon(config):
         (folders["drop"] / "first.csv").write_text("1")

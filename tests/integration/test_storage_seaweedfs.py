@@ -30,30 +30,12 @@ import httpx
 import pytest
 from structlog.testing import capture_logs
 
-from tests.helpers import load, running_daemon, wait_until
+from tests.helpers import ConfigYaml, Retry, running_daemon, wait_until
 from tests.integration.presign_api import ROUTE, GrantTerms, PresignApi
 from tests.integration.seaweedfs import LOOPBACK, RecordingProxy, SeaweedFS, find_weed
 from uploader_daemon.config import Config
 
 FOLDER = "video"
-CONFIG = """
-    state_dir: {state}
-    targets:
-      - name: clips
-        folder: {drop}
-        settle: 0s
-        watch: {{rescan_every: 1h}}
-        retry: {{attempts: {attempts}, backoff: 50ms, max_backoff: 100ms}}
-        after_upload: {{action: archive, archive_dir: {sent}}}
-        failed_dir: {failed}
-        api: {{base_url: "{base_url}", timeout: 10s}}
-        auth: {auth}
-        upload:
-          type: gateway_presigned
-          path: {route}
-          folder: {folder}
-          upload_key: "{{file.name}}"
-"""
 NO_AUTH = "{type: none}"
 # Each is also a policy condition: a field the daemon dropped would fail the policy.
 SIGNED_FIELDS = {"Content-Type": "video/mp4", "x-amz-meta-source": "uploader-daemon"}
@@ -113,19 +95,16 @@ def config_for(
     auth: str = NO_AUTH,
     environ: Mapping[str, str] | None = None,
 ) -> Config:
-    return load(
-        CONFIG,
-        environ,
-        state=folders["state"],
-        drop=folders["drop"],
-        sent=folders["sent"],
-        failed=folders["failed"],
-        base_url=api.url,
-        route=ROUTE,
-        folder=FOLDER,
-        attempts=attempts,
+    """The ``gateway_presigned`` preset on the test's folders, asking ``api`` for grants."""
+    return ConfigYaml(
+        folders,
+        "clips",
+        api.url,
+        retry=Retry(attempts, "50ms", "100ms"),
+        api_timeout="10s",
         auth=auth,
-    )
+        upload={"type": "gateway_presigned", "path": ROUTE, "folder": FOLDER, "upload_key": "{file.name}"},
+    ).load(environ)
 
 
 def wait_for_files(folder: Path, *names: str) -> None:

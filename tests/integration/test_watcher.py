@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 import structlog
+import yaml
 
-from tests.helpers import load
+from tests.helpers import ConfigYaml, mapping_of
 from uploader_daemon.config import TargetSettings
 from uploader_daemon.readiness import Snapshot
 from uploader_daemon.watcher import FolderWatcher
@@ -25,28 +26,17 @@ TIMEOUT = 10.0
 
 
 def target(folders: dict[str, Path], **overrides: str) -> TargetSettings:
+    """Target ``t`` on the test's folders; ``overrides`` are YAML values (``recursive="true"``)."""
     settings = {"settle": "0s", "recursive": "false", "poll": "false", "extra": ""} | overrides
-    config = load(
-        """
-        state_dir: {state}
-        targets:
-          - name: t
-            folder: {drop}
-            settle: {settle}
-            recursive: {recursive}
-            watch: {{poll: {poll}, poll_interval: 100ms, rescan_every: 1h}}
-            after_upload: {{action: archive, archive_dir: {drop}/.sent}}
-            failed_dir: {failed}
-            api: {{base_url: "http://127.0.0.1:9"}}
-            auth: {{type: none}}
-            upload: {{type: multipart}}
-            {extra}
-        """,
-        state=folders["state"],
-        drop=folders["drop"],
-        failed=folders["failed"],
-        **settings,
-    )
+    config = ConfigYaml(
+        folders,
+        "t",
+        "http://127.0.0.1:9",
+        settle=settings["settle"],
+        watch={"poll": yaml.safe_load(settings["poll"]), "poll_interval": "100ms", "rescan_every": "1h"},
+        after_upload={"action": "archive", "archive_dir": folders["drop"] / ".sent"},
+        extra={"recursive": yaml.safe_load(settings["recursive"]), **mapping_of(settings["extra"])},
+    ).load()
     return config.targets[0]
 
 
