@@ -12,6 +12,7 @@ from __future__ import annotations
 import email.utils
 import os
 import re
+import ssl
 import time
 from typing import Any
 from urllib.parse import urlsplit
@@ -29,6 +30,7 @@ from uploader_daemon.errors import (
 )
 from uploader_daemon.logs import get_logger
 from uploader_daemon.redaction import scrub_text
+from uploader_daemon.transport import AsyncioTransport
 from uploader_daemon.urls import cut, host_of, safe_url
 
 log = get_logger(__name__)
@@ -49,13 +51,17 @@ UNAVAILABLE_STATUSES = frozenset({429, 502, 503, 504})
 def build_client(api: ApiSettings, connections: int) -> httpx.AsyncClient:
     """An ``AsyncClient`` for one target: its timeout, TLS settings and a pool sized to
     its concurrency (plus room for the login and poll requests)."""
-    verify: Any = api.verify_tls
     if api.verify_tls and api.ca_file is not None:
-        verify = str(api.ca_file)
+        verify = ssl.create_default_context(cafile=str(api.ca_file))
+    else:
+        verify = httpx.create_ssl_context(verify=api.verify_tls)
+    limits = httpx.Limits(max_connections=connections + 2, max_keepalive_connections=connections + 2)
     return httpx.AsyncClient(
         timeout=httpx.Timeout(api.timeout),
         verify=verify,
-        limits=httpx.Limits(max_connections=connections + 2, max_keepalive_connections=connections + 2),
+        limits=limits,
+        # Proxies from the environment keep httpx's own transports (mounted per scheme).
+        transport=AsyncioTransport(verify=verify, limits=limits),
         follow_redirects=False,
         headers={"User-Agent": "uploader-daemon"},
     )
