@@ -3,7 +3,9 @@
 Signal handlers only set flags. The first SIGTERM/SIGINT stops the watchers and gives
 in-flight uploads ``shutdown_grace`` seconds; what is cut off stays pending in the
 journal, and the exit code is 0. A second signal cuts them off at once (exit 128+N).
-Under systemd (``Type=notify``) the daemon reports READY=1 once every folder is watched.
+Under systemd (``Type=notify``) the daemon reports READY=1 once every folder is watched;
+what it tells Prometheus, probes, systemd's watchdog and ``status`` is
+:mod:`uploader_daemon.supervision`'s, started before the targets and stopped after them.
 """
 
 from __future__ import annotations
@@ -19,12 +21,13 @@ from uploader_daemon.clock import Clock, SystemClock
 from uploader_daemon.config.schema import Config
 from uploader_daemon.journal import Journal, SqliteJournal
 from uploader_daemon.logs import get_logger
-from uploader_daemon.monitor import QUIET, Listener
+from uploader_daemon.monitor import QUIET, Fanout, Listener
 from uploader_daemon.notify import Notifier
 from uploader_daemon.redaction import Redactor
 from uploader_daemon.scheduler import Scheduler
 from uploader_daemon.service import TargetService
 from uploader_daemon.state import StateDir
+from uploader_daemon.supervision import Supervision
 
 log = get_logger(__name__)
 
@@ -48,7 +51,6 @@ class Daemon:
         self._redactor = redactor
         self._clock = clock or SystemClock()
         self._handle_signals = handle_signals
-        self._listener = listener
         self._notifier = Notifier()
         # This daemon's name on its journal claims.
         self.node = socket.gethostname()
@@ -56,6 +58,15 @@ class Daemon:
         self._scheduler = Scheduler()
         self._journal: Journal | None = None
         self.services: list[TargetService] = []
+        self.supervision = Supervision(
+            config,
+            node=self.node,
+            clock=self._clock,
+            notifier=self._notifier,
+            services=lambda: self.services,
+            journal_path=self._state.journal_path,
+        )
+        self._listener = Fanout([self.supervision.listener, listener])
         self._stop_requested = asyncio.Event()
         self._forced = asyncio.Event()
         self._signals_received: list[int] = []
@@ -97,9 +108,12 @@ class Daemon:
         self._install_signal_handlers()
         self._state.prepare()
         self._state.lock()
+        # Before the targets: a port in use stops the start, and /readyz says "starting".
+        await self.supervision.start()
         self._journal = SqliteJournal.open(self._state.journal_path)
         # A crash (kill -9, power loss) left this daemon's claims behind; only its own.
         recovered = await self._journal.release_claims(self.node, self._clock.now())
+        await self.supervision.seed(self._journal)
         log.info(
             "daemon_starting",
             version=__version__,
@@ -124,6 +138,7 @@ class Daemon:
         self._scheduler.every("journal:prune", _DAY, self._prune_journal)
         self.started.set()
         self._notifier.send("READY=1")
+        self.supervision.ready()
         log.info("daemon_started", targets=len(self.services))
 
     async def main_loop(self) -> None:
@@ -131,6 +146,7 @@ class Daemon:
 
     async def shutdown(self) -> None:
         self._notifier.send("STOPPING=1")
+        self.supervision.stopping()
         grace = self.config.shutdown_grace
         log.info("daemon_stopping", grace=grace)
         self._scheduler.shutdown()
@@ -165,6 +181,7 @@ class Daemon:
                 await self._journal.release_claims(self.node, self._clock.now())
             await self._journal.close()
             self._journal = None
+        await self.supervision.stop()
         self._state.unlock()
         self._restore_signal_handlers()
 
