@@ -30,7 +30,13 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    ProcessCollector,
+    disable_created_metrics,
+)
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
@@ -62,6 +68,10 @@ class Metrics:
 
     def __init__(self, node: str, targets: Iterable[str], live: SnapshotSource) -> None:
         self.node = node
+        # No ``*_created`` series beside every counter: they double the series an admin
+        # stores and say only when this process started (process_start_time_seconds
+        # does). A setting of the library for the whole process, which is the daemon's.
+        disable_created_metrics()  # type: ignore[no-untyped-call]
         self.registry = CollectorRegistry(auto_describe=True)
         labels = ("node", "target")
         self._delivered = Counter(
