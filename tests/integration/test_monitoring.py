@@ -7,8 +7,10 @@ on 127.0.0.1 and a port the kernel picks (``metrics.listen: 127.0.0.1:0``).
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
+import re
 import socket
 import statistics
 import tempfile
@@ -68,7 +70,8 @@ def monitored_config(emulator: Emulator, folders: dict[str, Path], password: str
 
 
 def endpoint(runner: DaemonThread) -> str:
-    assert runner.daemon is not None and runner.daemon.supervision.endpoint is not None
+    assert runner.daemon is not None
+    assert runner.daemon.supervision.endpoint is not None
     return f"http://127.0.0.1:{runner.daemon.supervision.endpoint.port}"
 
 
@@ -147,8 +150,10 @@ def test_counters_and_gauges_move_with_deliveries_parked_files_and_logins(
     assert 1.0 == value(after, "uploader_api_up", **labels)
     last_delivery = value(after, "uploader_last_delivery_timestamp_seconds", **labels)
     expiry = value(after, "uploader_token_expiry_timestamp_seconds", **labels)
-    assert last_delivery is not None and abs(time.time() - last_delivery) < TIMEOUT
-    assert expiry is not None and expiry > time.time()
+    assert last_delivery is not None
+    assert abs(time.time() - last_delivery) < TIMEOUT
+    assert expiry is not None
+    assert expiry > time.time()
 
 
 def test_an_outage_sets_api_up_to_0_holds_the_file_pending_and_1_when_the_api_is_back(
@@ -165,9 +170,11 @@ def test_an_outage_sets_api_up_to_0_holds_the_file_pending_and_1_when_the_api_is
     assert 1.0 == value(down, "uploader_files_pending", target="reports")
     assert 0.0 == value(down, "uploader_files_delivered_total", target="reports")
     failed_logins = value(down, "uploader_logins_total", outcome="failed", target="reports")
-    assert failed_logins is not None and failed_logins >= 1
+    assert failed_logins is not None
+    assert failed_logins >= 1
     no_answer = value(down, "uploader_http_requests_total", step="login", code="none", target="reports")
-    assert no_answer is not None and no_answer >= 1
+    assert no_answer is not None
+    assert no_answer >= 1
     assert 1.0 == value(up, "uploader_api_up", target="reports")
     assert 0.0 == value(up, "uploader_files_pending", target="reports")
     assert 1.0 == value(up, "uploader_logins_total", outcome="success", target="reports")
@@ -337,7 +344,7 @@ def notify_socket(monkeypatch: pytest.MonkeyPatch) -> Iterator[NotifySocket]:
 def test_systemd_hears_ready_status_lines_and_watchdog_pings_at_half_the_interval_until_the_loop_blocks(
     emulator: Emulator, folders: dict[str, Path], notify_socket: NotifySocket
 ) -> None:
-    """READY=1, STATUS= with the pending count and last delivery, WATCHDOG=1 every ~150 ms, none while blocked."""
+    """READY=1, STATUS= with pending files and the last delivery, WATCHDOG=1 every ~150 ms, none blocked."""
     release = threading.Event()
     blocked: dict[str, float] = {}
 
@@ -376,14 +383,14 @@ def test_systemd_hears_ready_status_lines_and_watchdog_pings_at_half_the_interva
     assert ["1"] == [text for _, text in stopping]
     pings = [arrived for arrived, _ in notify_socket.fields("WATCHDOG")]
     before_block = [moment for moment in pings if moment < blocked["from"]]
-    gaps = [later - earlier for earlier, later in zip(before_block, before_block[1:], strict=False)]
+    gaps = [later - earlier for earlier, later in itertools.pairwise(before_block)]
     assert 0.1 <= statistics.median(gaps) <= 0.3, gaps
     assert [] == [moment for moment in pings if blocked["from"] + 0.05 < moment < blocked["to"]]
     statuses = [text for _, text in notify_socket.fields("STATUS")]
     assert statuses[0].startswith("reports: 0 pending, no delivery yet")
     assert any(text.startswith("reports: 0 pending, last delivery ") for text in statuses), statuses
     arrivals = [arrived for arrived, _ in notify_socket.fields("STATUS")]
-    assert all(later - earlier >= 1.9 for earlier, later in zip(arrivals, arrivals[1:], strict=False))
+    assert all(later - earlier >= 1.9 for earlier, later in itertools.pairwise(arrivals))
 
 
 # --- journald ------------------------------------------------------------------------
@@ -426,7 +433,7 @@ def test_errors_and_warnings_reach_journald_at_their_priority_and_stay_json(
     lines = log_path.read_bytes().splitlines()
     by_event: dict[str, bytes] = {}
     for line in lines:
-        assert line[:1] == b"<" and line[2:3] == b">", line
+        assert re.fullmatch(rb"<[0-7]>", line[:3]), line
         by_event.setdefault(json.loads(line[3:])["event"], line[:3])
     assert b"<3>" == by_event["file_failed"]
     assert b"<4>" == by_event["delivery_failed"]
