@@ -231,8 +231,13 @@ class Supervision:
                 log.error("present_report_failed", error=str(error), error_type=type(error).__name__)
                 log.debug("present_report_traceback", exc_info=True)
                 delay = STATUS_EVERY
+            # One look per WRITE_EVERY at most, however many events came: on a busy daemon
+            # an event costs the setting of a flag, not a report.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), delay)
+                await asyncio.wait_for(self._stopped.wait(), WRITE_EVERY)
+            if delay is None or delay > WRITE_EVERY:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), None if delay is None else delay - WRITE_EVERY)
 
     async def _report_once(self, now: float) -> float | None:
         """Write and send what changed; returns how long until the next look (None: an event)."""
