@@ -79,7 +79,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     check.set_defaults(handler=_check_config)
 
-    status = commands.add_parser("status", help="show files pending, uploading, done and failed per target")
+    status = commands.add_parser(
+        "status",
+        help="what each target is doing now (waiting, in flight, parked, credential), then its history",
+    )
     status.add_argument("--config", type=Path, help=config_help)
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.set_defaults(handler=_status)
@@ -140,7 +143,16 @@ def _status(arguments: argparse.Namespace) -> int:
     from uploader_daemon.status import collect_status, render_status
 
     config: Config = load_config(_config_path(arguments), resolve_secrets=False)
-    print(render_status(collect_status(config), as_json=arguments.json))
+    text = render_status(collect_status(config), as_json=arguments.json)
+    try:
+        sys.stdout.write(text + "\n")
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader (`| head`) had enough. Point stdout at /dev/null so that the flush at
+        # exit does not fail again and print a traceback.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
     return EXIT_OK
 
 

@@ -3,7 +3,9 @@
 Signal handlers only set flags. The first SIGTERM/SIGINT stops the watchers and gives
 in-flight uploads ``shutdown_grace`` seconds; what is cut off stays pending in the
 journal, and the exit code is 0. A second signal cuts them off at once (exit 128+N).
-Under systemd (``Type=notify``) the daemon reports READY=1 once every folder is watched.
+Under systemd (``Type=notify``) the daemon reports READY=1 once every folder is watched;
+what it tells Prometheus, probes, systemd's watchdog and ``status`` is
+:mod:`uploader_daemon.supervision`'s, started before the targets and stopped after them.
 """
 
 from __future__ import annotations
@@ -21,12 +23,13 @@ from uploader_daemon.config.warnings import config_warnings
 from uploader_daemon.folder_marker import REFRESH_EVERY, FolderMarkers
 from uploader_daemon.journal import Journal, SqliteJournal
 from uploader_daemon.logs import get_logger
-from uploader_daemon.monitor import QUIET, Listener
+from uploader_daemon.monitor import QUIET, Fanout, Listener
 from uploader_daemon.notify import Notifier
 from uploader_daemon.redaction import Redactor
 from uploader_daemon.scheduler import Scheduler
 from uploader_daemon.service import TargetService
 from uploader_daemon.state import StateDir
+from uploader_daemon.supervision import Supervision
 
 log = get_logger(__name__)
 
@@ -50,7 +53,6 @@ class Daemon:
         self._redactor = redactor
         self._clock = clock or SystemClock()
         self._handle_signals = handle_signals
-        self._listener = listener
         self._notifier = Notifier()
         # This daemon's name on its journal claims.
         self.node = socket.gethostname()
@@ -59,6 +61,15 @@ class Daemon:
         self._journal: Journal | None = None
         self._markers: FolderMarkers | None = None
         self.services: list[TargetService] = []
+        self.supervision = Supervision(
+            config,
+            node=self.node,
+            clock=self._clock,
+            notifier=self._notifier,
+            services=lambda: self.services,
+            journal_path=self._state.journal_path,
+        )
+        self._listener = Fanout([self.supervision.listener, listener])
         self._stop_requested = asyncio.Event()
         self._forced = asyncio.Event()
         self._signals_received: list[int] = []
@@ -103,6 +114,8 @@ class Daemon:
         for tightened in self._state.prepare():
             log.warning("state_dir_tightened", mode=tightened, reason="state files hold tokens and grants")
         self._state.lock()
+        # Before the targets: a port in use stops the start, and /readyz says "starting".
+        await self.supervision.start()
         keeps = [target.name for target in self.config.targets if target.after_upload.action == "keep"]
         self._journal, aside = SqliteJournal.open_or_set_aside(
             self._state.journal_path, may_set_aside=not keeps, now=self._clock.now()
@@ -126,6 +139,7 @@ class Daemon:
         )
         for warning in self._markers.claim():
             log.warning("drop_folder_unmarked", problem=warning)
+        await self.supervision.seed(self._journal)
         log.info(
             "daemon_starting",
             version=__version__,
@@ -151,6 +165,7 @@ class Daemon:
         self._scheduler.every("folders:mark", REFRESH_EVERY, self._refresh_markers)
         self.started.set()
         self._notifier.send("READY=1")
+        self.supervision.ready()
         log.info("daemon_started", targets=len(self.services))
 
     async def main_loop(self) -> None:
@@ -158,6 +173,7 @@ class Daemon:
 
     async def shutdown(self) -> None:
         self._notifier.send("STOPPING=1")
+        self.supervision.stopping()
         grace = self.config.shutdown_grace
         log.info("daemon_stopping", grace=grace)
         self._scheduler.shutdown()
@@ -195,6 +211,7 @@ class Daemon:
                 await self._journal.release_claims(self.node, self._clock.now())
             await self._journal.close()
             self._journal = None
+        await self.supervision.stop()
         self._state.unlock()
         self._restore_signal_handlers()
 

@@ -5,13 +5,24 @@ share the same processors and renderer, so all output looks alike and every line
 passes the :class:`~uploader_daemon.redaction.Redactor`. Libraries that echo URLs or response bodies (httpx,
 botocore...) stay at WARNING even at debug level: a secret they print may not be known
 to the redactor yet. Configured once by the CLI, never at import time.
+
+**journald priorities.** When stdout is the journal (systemd's ``$JOURNAL_STREAM``
+names stdout's device and inode), each line starts with the ``<N>`` prefix of
+``sd-daemon(3)``: ``<3>`` for errors, ``<4>`` for warnings, ``<6>`` info, ``<7>`` debug,
+``<2>`` critical. journald strips it and files the line at that priority, so
+``journalctl -p err`` finds the errors and ``journalctl -o cat`` still prints the bare
+JSON for ``jq``. A terminal, a pipe or a file gets plain lines. (The prefix rather than
+the native journal protocol: it needs no socket and no library, and the line stays one
+JSON object that any log shipper reading the journal's MESSAGE understands.)
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import threading
+from collections.abc import Mapping
 from typing import TextIO
 
 import structlog
@@ -28,6 +39,44 @@ _CHATTY_LIBRARIES = ("apscheduler", "watchdog", "pycognito")
 # daemon has it to register). Our own ``http_request`` debug event says what they would.
 _SECRET_ECHOING_LIBRARIES = ("httpx", "httpcore", "botocore", "boto3", "urllib3", "s3transfer")
 
+# sd-daemon(3) priorities by structlog method name / stdlib level.
+_PRIORITIES = {
+    "debug": 7,
+    "info": 6,
+    "msg": 6,
+    "warning": 4,
+    "warn": 4,
+    "error": 3,
+    "exception": 3,
+    "critical": 2,
+    "fatal": 2,
+}
+
+
+def _priority_of_level(levelno: int) -> int:
+    if levelno >= logging.CRITICAL:
+        return 2
+    if levelno >= logging.ERROR:
+        return 3
+    if levelno >= logging.WARNING:
+        return 4
+    if levelno >= logging.INFO:
+        return 6
+    return 7
+
+
+def stream_is_journal(stream: TextIO, environ: Mapping[str, str] | None = None) -> bool:
+    """Whether ``stream`` is connected to journald: ``$JOURNAL_STREAM`` is its ``device:inode``."""
+    value = (os.environ if environ is None else environ).get("JOURNAL_STREAM", "")
+    device, separator, inode = value.partition(":")
+    if not separator or not device.isdigit() or not inode.isdigit():
+        return False
+    try:
+        info = os.fstat(stream.fileno())
+    except (OSError, ValueError, AttributeError):  # no file descriptor (a StringIO), or closed
+        return False
+    return (info.st_dev, info.st_ino) == (int(device), int(inode))
+
 
 def configure_logging(
     level: str,
@@ -36,6 +85,7 @@ def configure_logging(
     stream: TextIO | None = None,
     *,
     cache_loggers: bool = True,
+    journal: bool | None = None,
 ) -> None:
     """Send every log line to ``stream`` (stdout) through ``redactor``, then render it.
 
@@ -44,9 +94,12 @@ def configure_logging(
     daemon logs per file); the libraries' stdlib records go through a
     ``ProcessorFormatter`` with the same processors, so both look alike. Both writers
     share one lock, so lines never interleave. ``cache_loggers=False`` is for tests
-    that configure logging more than once in a process.
+    that configure logging more than once in a process. ``journal`` says whether to
+    prefix each line with its journald priority (see the module docstring); by default,
+    when ``stream`` is the journal.
     """
     output = stream if stream is not None else sys.stdout
+    prefixed = stream_is_journal(output) if journal is None else journal
     use_console = log_format == "console" or (log_format == "auto" and output.isatty())
     renderer: Processor = (
         structlog.dev.ConsoleRenderer(
@@ -73,7 +126,7 @@ def configure_logging(
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
-        logger_factory=_LineWriterFactory(output, lock),
+        logger_factory=_LineWriterFactory(output, lock, prefixed),
         cache_logger_on_first_use=cache_loggers,
     )
     formatter = structlog.stdlib.ProcessorFormatter(
@@ -91,7 +144,7 @@ def configure_logging(
             renderer,
         ],
     )
-    handler = logging.StreamHandler(output)
+    handler = _PrefixingHandler(output, prefixed)
     handler.setFormatter(formatter)
     handler.lock = lock
     root = logging.getLogger()
@@ -108,26 +161,64 @@ def configure_logging(
 
 
 class _LineWriter:
-    """Writes each rendered event as one line and flushes it (journald reads a pipe)."""
+    """Writes each rendered event as one line and flushes it (journald reads a pipe).
 
-    def __init__(self, stream: TextIO, lock: threading.RLock) -> None:
+    structlog calls the method named for the event's level, which gives the prefix.
+    """
+
+    def __init__(self, stream: TextIO, lock: threading.RLock, prefixed: bool) -> None:
         self._stream = stream
         self._lock = lock
+        self._prefixed = prefixed
 
-    def msg(self, message: str) -> None:
+    def _write(self, method: str, message: str) -> None:
+        prefix = f"<{_PRIORITIES[method]}>" if self._prefixed else ""
         with self._lock:
-            self._stream.write(message + "\n")
+            self._stream.write(prefix + message + "\n")
             self._stream.flush()
 
-    debug = info = warning = warn = error = critical = exception = fatal = log = msg
+    def debug(self, message: str) -> None:
+        self._write("debug", message)
+
+    def info(self, message: str) -> None:
+        self._write("info", message)
+
+    def warning(self, message: str) -> None:
+        self._write("warning", message)
+
+    def error(self, message: str) -> None:
+        self._write("error", message)
+
+    def critical(self, message: str) -> None:
+        self._write("critical", message)
+
+    def msg(self, message: str) -> None:
+        self._write("msg", message)
+
+    warn = warning
+    exception = error
+    fatal = critical
+    log = msg
 
 
 class _LineWriterFactory:
-    def __init__(self, stream: TextIO, lock: threading.RLock) -> None:
-        self._writer = _LineWriter(stream, lock)
+    def __init__(self, stream: TextIO, lock: threading.RLock, prefixed: bool) -> None:
+        self._writer = _LineWriter(stream, lock, prefixed)
 
     def __call__(self, *args: object) -> _LineWriter:
         return self._writer
+
+
+class _PrefixingHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """The libraries' records, with the same journald prefix as our own lines."""
+
+    def __init__(self, stream: TextIO, prefixed: bool) -> None:
+        super().__init__(stream)
+        self._prefixed = prefixed
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        return f"<{_priority_of_level(record.levelno)}>{line}" if self._prefixed else line
 
 
 def _standard_keys_first(logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:

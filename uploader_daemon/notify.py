@@ -3,6 +3,11 @@
 ``READY=1`` once every folder is watched, ``RELOADING=1``/``READY=1`` around a reload,
 ``STOPPING=1`` on the way out, ``STATUS=...`` lines, and ``WATCHDOG=1`` pings.
 Nothing is sent, and nothing fails, outside systemd.
+
+The variables are taken out of the process environment when the notifier is built
+(what ``sd_notify(3)``'s ``unset_environment`` does): a program the daemon starts (a
+hook) must never be able to report the service ready or ping the watchdog for a wedged
+event loop. ``NotifyAccess=main`` in the unit says the same to systemd.
 """
 
 from __future__ import annotations
@@ -10,14 +15,18 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping
+
+# What systemd hands the main process for sd_notify; never inherited by a child.
+NOTIFY_VARIABLES = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
 
 
 class Notifier:
     """Talks to systemd's notify socket, if there is one."""
 
     def __init__(self, environ: Mapping[str, str] | None = None) -> None:
-        environment = os.environ if environ is None else environ
+        """Read the variables from ``environ``; by default take them out of ``os.environ``."""
+        environment = dict(take_notify_variables(os.environ) if environ is None else environ)
         address = environment.get("NOTIFY_SOCKET") or None
         if address is not None and address.startswith("@"):
             address = "\0" + address[1:]  # an abstract socket
@@ -50,3 +59,8 @@ class Notifier:
         with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
             sock.connect(self._address)
             sock.sendall(message)
+
+
+def take_notify_variables(environ: MutableMapping[str, str]) -> dict[str, str]:
+    """Remove systemd's notify variables from ``environ``; returns what they were."""
+    return {name: environ.pop(name) for name in NOTIFY_VARIABLES if name in environ}

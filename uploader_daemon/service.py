@@ -18,6 +18,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import structlog
+
 from uploader_daemon.activity import ApiActivity
 from uploader_daemon.auth import CredentialAuth, build_credential
 from uploader_daemon.clock import Clock
@@ -35,6 +37,7 @@ from uploader_daemon.pool.intake import Intake
 from uploader_daemon.pool.outcomes import Outcomes
 from uploader_daemon.pool.schedule import Schedule
 from uploader_daemon.pool.workers import WorkerPool
+from uploader_daemon.present import TargetSnapshot
 from uploader_daemon.redaction import Redactor
 from uploader_daemon.scheduler import Scheduler
 from uploader_daemon.watcher import FolderWatcher
@@ -59,6 +62,7 @@ class TargetService:
     ) -> None:
         self.settings = settings
         self._scheduler = scheduler
+        self._watching = False
         events = listener.target(settings.name)
         self.schedule = Schedule()
         self.gate = ApiGate(settings.name, settings.retry, self.schedule, clock, events)
@@ -114,7 +118,10 @@ class TargetService:
                     "daemon's user"
                 ) from None
         self.credential.start()
-        self.workers.start()
+        # The workers' tasks copy this context: every line they log (a progress line from
+        # deep inside a step included) names the target.
+        with structlog.contextvars.bound_contextvars(target=name):
+            self.workers.start()
         await self.intake.resume_unfinished()
         # Watch first, then scan: a file arriving in between is seen by both, never by none.
         self.watcher.start()
@@ -130,8 +137,24 @@ class TargetService:
             scan_ms=round((time.monotonic() - started) * 1000, 1),
         )
         self._scheduler.every(f"{name}:rescan", self.settings.watch.rescan_every, self.watcher.scan)
+        self._watching = True
+
+    def snapshot(self) -> TargetSnapshot:
+        """What this target is doing now, read from memory (metrics, ``STATUS=``, ``status``)."""
+        scheduled, in_flight = self.schedule.counts()
+        return TargetSnapshot(
+            name=self.settings.name,
+            scheduled=scheduled,
+            in_flight=in_flight,
+            watching=self._watching,
+            token_expires_at=self.credential.expires_at,
+            logs_in=self.settings.auth.type in ("token", "cognito"),
+            api_down_since=self.gate.down_since,
+            api_down_reason=self.gate.reason if self.gate.down else None,
+        )
 
     async def stop_watching(self) -> None:
+        self._watching = False
         await self.watcher.stop()
         await self.intake.stop()
 

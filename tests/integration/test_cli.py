@@ -200,22 +200,29 @@ def test_second_daemon_on_the_same_state_dir_exits_4(running: tuple[Path, Daemon
     assert "another uploader-daemon is already using" in json.loads(line)["error"]
 
 
-def test_status_shows_counts_last_error_and_token_expiry_but_never_the_token(
+def test_status_shows_the_present_then_the_history_but_never_the_token(
     running: tuple[Path, DaemonThread], folders: dict[str, Path]
 ) -> None:
-    """`status` prints per-target counts, the last error and the token's expiry; the token is nowhere."""
-    config_path, _runner = running
+    """`status` shows what is true now (parked now, the credential), then the journal's history apart."""
+    config_path, runner = running
     token = stored_token(folders)
+    wait_until(lambda: (folders["state"] / "present.json").exists(), COMMAND_TIMEOUT, "present state written")
 
     result = uploader_daemon("status", "--config", str(config_path))
 
-    assert 0 == result.returncode
+    assert 0 == result.returncode, result.stderr
     lines = result.stdout.splitlines()
-    assert f"reports  ({folders['drop']})" == lines[0]
-    assert "  pending 0   uploading 0   done 2   failed 1" == lines[1]
-    assert lines[2].startswith("  token expires: 20")
-    assert lines[3].startswith("  last error (")
-    assert "400" in lines[3]
+    assert lines[0].startswith(f"uploader-daemon: running on {runner.daemon.node} since ")
+    now = lines.index("Now")
+    history = next(number for number, line in enumerate(lines) if line.startswith("History ("))
+    assert now < history
+    assert f"  reports  ({folders['drop']})" == lines[now + 1]
+    assert f"    waiting 0   in flight 0   parked 1 (in {folders['failed']})" == lines[now + 2]
+    assert lines[now + 3].startswith("    credential: logged in until 20")
+    assert lines[now + 4].startswith("    last delivery: 20")
+    assert "  reports: done 2   failed 1" == lines[history + 1]
+    assert lines[history + 2].startswith("    last error (")
+    assert "400" in lines[history + 2]
     assert token not in result.stdout + result.stderr
     assert PASSWORD not in result.stdout + result.stderr
 
@@ -229,16 +236,20 @@ def test_status_json_is_valid_json_without_the_token(
     result = uploader_daemon("status", "--config", str(config_path), "--json")
 
     assert 0 == result.returncode
-    [status] = json.loads(result.stdout)
-    assert ("reports", 0, 0, 2, 1) == (
+    document = json.loads(result.stdout)
+    [status] = document["targets"]
+    now, history = status["now"], status["history"]
+    assert ("reports", 0, 0, 1, 2, 1) == (
         status["name"],
-        status["pending"],
-        status["uploading"],
-        status["done"],
-        status["failed"],
+        now["waiting"],
+        now["in_flight"],
+        now["parked"],
+        history["done"],
+        history["failed"],
     )
-    assert status["token_expires_at"]
-    assert "400" in status["last_error"]
+    assert now["token_expires_at"]
+    assert "logged_in" == now["credential"]
+    assert "400" in history["last_error"]
     assert stored_token(folders) not in result.stdout
 
 

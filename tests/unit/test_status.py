@@ -17,7 +17,7 @@ from uploader_daemon.errors import StateDirError
 from uploader_daemon.identity import FileIdentity
 from uploader_daemon.journal import Disposition, SqliteJournal
 from uploader_daemon.state import StateDir
-from uploader_daemon.status import TargetStatus, collect_status, render_status
+from uploader_daemon.status import collect_status, render_status
 
 NOW = 1_800_000_000.0
 
@@ -72,57 +72,62 @@ def prepared(tmp_path: Path) -> tuple[Config, StateDir]:
 
 
 def test_status_counts_each_targets_files_and_shows_the_last_error(tmp_path: Path) -> None:
-    """Counts per state for every configured target, read while the daemon may run."""
+    """The present (waiting, in flight) and the history (done, failed, last error) per target."""
     settings, state = prepared(tmp_path)
     asyncio.run(fill(SqliteJournal.open(state.journal_path)))
 
-    docs, scans = collect_status(settings)
+    docs, scans = collect_status(settings).targets
 
-    assert (
-        TargetStatus(
-            name="docs",
-            folder=str(tmp_path / "docs"),
-            pending=1,
-            uploading=0,
-            done=1,
-            failed=1,
-            last_error="step upload: HTTP 422",
-            last_error_at=iso_utc(NOW + 60),
-            token_expires_at=None,
-        )
-        == docs
+    assert ("docs", str(tmp_path / "docs"), 1, 0) == (
+        docs.name,
+        docs.folder,
+        docs.now.waiting,
+        docs.now.in_flight,
     )
-    assert (0, 0, 0, None) == (scans.pending, scans.done, scans.failed, scans.last_error)
+    assert (1, 1, "step upload: HTTP 422", iso_utc(NOW + 60)) == (
+        docs.history.done,
+        docs.history.failed,
+        docs.history.last_error,
+        docs.history.last_error_at,
+    )
+    assert (0, 0, 0, None) == (
+        scans.now.waiting,
+        scans.history.done,
+        scans.history.failed,
+        scans.history.last_error,
+    )
 
 
 def test_status_shows_when_the_token_expires_and_says_when_it_has(tmp_path: Path) -> None:
-    """The expiry from the token store, marked (expired) once past; never the token itself."""
+    """The expiry from the token store (a target with static headers has no credential to show)."""
     settings, state = prepared(tmp_path)
     later = time.time() + 3600
     (state.tokens_dir / "docs.json").write_text(json.dumps({"token": "t0k3n-value", "expires_at": later}))
     (state.tokens_dir / "scans.json").write_text(json.dumps({"token": "t0k3n-value", "expires_at": 1000.0}))
 
-    docs, scans = collect_status(settings)
-    text = render_status([docs, scans], as_json=False)
+    status = collect_status(settings)
+    docs, scans = status.targets
+    text = render_status(status, as_json=False)
 
-    assert iso_utc(later) == docs.token_expires_at
-    assert f"{iso_utc(1000.0)} (expired)" == scans.token_expires_at
-    assert "t0k3n-value" not in text + render_status([docs, scans], as_json=True)
+    assert iso_utc(later) == docs.now.token_expires_at
+    assert iso_utc(1000.0) == scans.now.token_expires_at
+    assert "t0k3n-value" not in text + render_status(status, as_json=True)
 
 
 def test_a_token_file_that_cannot_be_read_shows_no_token(tmp_path: Path) -> None:
-    """Corrupt or incomplete token files: "no token held", not a crash."""
+    """Corrupt or incomplete token files: no token held, not a crash."""
     settings, state = prepared(tmp_path)
     (state.tokens_dir / "docs.json").write_text("{not json")
     (state.tokens_dir / "scans.json").write_text(json.dumps({"token": "x"}))
-    assert [None, None] == [status.token_expires_at for status in collect_status(settings)]
+    assert [None, None] == [target.now.token_expires_at for target in collect_status(settings).targets]
 
 
 def test_status_before_the_first_journal_write_shows_zero_everywhere(tmp_path: Path) -> None:
     """A state_dir without a journal yet: every count is zero."""
     settings, _ = prepared(tmp_path)
     assert [(0, 0, 0, 0)] * 2 == [
-        (status.pending, status.uploading, status.done, status.failed) for status in collect_status(settings)
+        (target.now.waiting, target.now.in_flight, target.history.done, target.history.failed)
+        for target in collect_status(settings).targets
     ]
 
 
@@ -150,24 +155,17 @@ def test_a_journal_whose_table_is_missing_is_an_admin_error(tmp_path: Path) -> N
         collect_status(settings)
 
 
-def test_render_status_as_text_and_as_json() -> None:
-    """Text for people (the last error only when there is one), JSON for scripts."""
-    busy = TargetStatus(
-        "docs", "/drop/docs", 3, 1, 10, 2, "step upload: HTTP 503", "2027-01-15T08:00:00+00:00", None
-    )
-    idle = TargetStatus("scans", "/drop/scans", 0, 0, 0, 0, None, None, "2027-01-15T09:00:00+00:00")
+def test_render_status_as_text_and_as_json(tmp_path: Path) -> None:
+    """Text for people (now first, history below, the last error only when there is one), JSON too."""
+    settings, state = prepared(tmp_path)
+    asyncio.run(fill(SqliteJournal.open(state.journal_path)))
+    status = collect_status(settings)
 
-    text = render_status([busy, idle], as_json=False)
+    lines = render_status(status, as_json=False).splitlines()
 
-    assert [
-        "docs  (/drop/docs)",
-        "  pending 3   uploading 1   done 10   failed 2",
-        "  token expires: no token held",
-        "  last error (2027-01-15T08:00:00+00:00): step upload: HTTP 503",
-        "scans  (/drop/scans)",
-        "  pending 0   uploading 0   done 0   failed 0",
-        "  token expires: 2027-01-15T09:00:00+00:00",
-    ] == text.splitlines()
+    assert lines.index("Now") < lines.index(next(line for line in lines if line.startswith("History")))
+    assert "    waiting 1   in flight 0   parked 0 (in " + str(tmp_path / "failed-docs") + ")" in lines
+    assert any("last error" in line and "HTTP 422" in line for line in lines)
     assert ["docs", "scans"] == [
-        entry["name"] for entry in json.loads(render_status([busy, idle], as_json=True))
+        entry["name"] for entry in json.loads(render_status(status, as_json=True))["targets"]
     ]

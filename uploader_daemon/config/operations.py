@@ -16,14 +16,15 @@ class MetricsSettings(Model):
 
     listen: str = Field(
         default="127.0.0.1:9464",
-        description="host:port to listen on; loopback by default (the metrics name your folders).",
+        description="host:port to listen on; loopback by default (the metrics name your folders). "
+        "Port 0 picks a free port and logs it (metrics_listening), for tests.",
     )
 
     @field_validator("listen")
     @classmethod
     def _host_and_port(cls, listen: str) -> str:
         host, separator, port = listen.rpartition(":")
-        if not separator or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        if not separator or not host or not port.isdigit() or not 0 <= int(port) < 65536:
             raise ValueError(f"{listen!r} is not host:port, e.g. 127.0.0.1:9464 or [::1]:9464")
         return listen
 
