@@ -163,7 +163,9 @@ def test_the_example_config_as_shipped_only_lacks_its_drop_folder() -> None:
     """Loaded from disk unchanged, the example's only problems are this machine's missing /srv/drop."""
     with pytest.raises(ConfigError) as caught:
         load_config(EXAMPLE, {"UPLOADER_PASSWORD": PASSWORD})
-    missing_parent = "/srv/drop does not exist; fix the path, or create it: the daemon creates only the last folder"
+    missing_parent = (
+        "/srv/drop does not exist; fix the path, or create it: the daemon creates only the last folder"
+    )
     expected = (
         f"targets[0].after_upload.archive_dir: {missing_parent} (reports.sent)",
         f"targets[0].failed_dir: {missing_parent} (reports.failed)",
