@@ -190,9 +190,8 @@ def test_list_shows_each_files_state_attempts_last_error_times_and_node(
     )
     assert "400 Bad Request" in rows["bad.csv"]["last_error"]
     assert rows["bad.csv"]["node"] is None  # nobody holds a finished file
-    assert rows["bad.csv"]["discovered_at"].startswith("20") and rows["bad.csv"]["updated_at"].startswith(
-        "20"
-    )
+    assert rows["bad.csv"]["discovered_at"].startswith("20")
+    assert rows["bad.csv"]["updated_at"].startswith("20")
     assert ["bad.csv"] == [row["file"] for row in json.loads(failed.stdout)]
     header, *lines = plain.stdout.splitlines()
     assert ["TARGET", "STATE", "ATTEMPTS", "UPDATED", "NODE", "FILE", "LAST", "ERROR"] == header.split()
@@ -292,11 +291,13 @@ def test_upload_draws_a_progress_bar_per_file_on_a_terminal_and_leaves_the_files
 
     assert 0 == code, output
     assert "━" in output  # the bar itself
-    assert "✓ big.bin" in output and "✓ small.csv" in output
+    assert "✓ big.bin" in output
+    assert "✓ small.csv" in output
     assert "3.0/3.0 MiB" in output
     assert "2 of 2 file(s) delivered to reports" in output
     assert (1, 1) == (received(emulator, "big.bin"), received(emulator, "small.csv"))
-    assert big.exists() and small.exists()
+    assert big.exists()
+    assert small.exists()
 
 
 def test_upload_prints_plain_lines_without_a_terminal_and_exits_1_when_a_file_fails(
