@@ -141,7 +141,8 @@ def _yaml_hint(problem: str, text: str, line_index: int | None) -> str:
     PyYAML names the place where it gave up, which for an indentation mistake is often
     the line after the one to fix; the hint names both.
     """
-    if "\t" in problem:
+    # PyYAML quotes the character it stopped at with repr(): a tab reads '\t'.
+    if "'\\t'" in problem or "\t" in problem:
         return "; tabs are not allowed: indent with spaces"
     if line_index is None:
         return ""
