@@ -516,3 +516,36 @@ class SyncJournal:
     def prune(self, older_than: float) -> int:
         result: int = self._run(self._journal.prune(older_than))
         return result
+
+
+def run_cli(
+    *arguments: str, env: Mapping[str, str] | None = None, timeout: float = 60.0
+) -> subprocess.CompletedProcess[str]:
+    """Run `python -m uploader_daemon ARGUMENTS` as an admin would, and capture its output.
+
+    The test's own config variable and systemd's notify socket are not passed on.
+    """
+    environment = {**os.environ}
+    environment.pop("UPLOADER_DAEMON_CONFIG", None)
+    environment.pop("NOTIFY_SOCKET", None)
+    environment.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "uploader_daemon", *arguments],
+        capture_output=True,
+        text=True,
+        env=environment,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def log_events(output: str) -> list[dict[str, Any]]:
+    """The JSON log lines of a daemon's output, parsed (other lines are skipped)."""
+    events = []
+    for line in output.splitlines():
+        if line.startswith("{"):
+            try:
+                events.append(json.loads(line))
+            except ValueError:
+                continue
+    return events

@@ -137,6 +137,12 @@ def _summary(emulator: Emulator, root: Path, files: int, seconds: float) -> None
     print(
         "result:            " + ("OK" if len(archived) == files and counters["refreshes"] else "INCOMPLETE")
     )
+    print()
+    print("Next, on your own config:")
+    print("  uploader-daemon example-config > my.yaml         # every key commented (or: example-config T)")
+    print("  uploader-daemon check-config --config my.yaml    # every problem at once, with its key path")
+    print("  uploader-daemon upload --config my.yaml --target reports ./a-file.csv   # one file, now")
+    print("  uploader-daemon run --config my.yaml             # then as a service: see the README")
 
 
 def _say(message: str) -> None:

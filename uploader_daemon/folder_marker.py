@@ -44,7 +44,7 @@ class FolderMarkers:
     """The markers of one daemon's drop folders."""
 
     def __init__(self, folders: list[Path], journal_id: str, node: str, clock: Clock) -> None:
-        self._folders = folders
+        self._folders = list(folders)
         self._journal_id = journal_id
         self._node = node
         self._clock = clock
@@ -54,7 +54,27 @@ class FolderMarkers:
 
         Raises :class:`AlreadyRunningError` when a folder is fresh-marked by another journal.
         """
-        for folder in self._folders:
+        self._refuse_foreign(self._folders)
+        return self.refresh()
+
+    def add(self, folder: Path) -> list[str]:
+        """A target added by a reload: mark its folder too (same rules as :meth:`claim`)."""
+        self._refuse_foreign([folder])
+        if folder not in self._folders:
+            self._folders.append(folder)
+        return self.refresh()
+
+    def remove(self, folder: Path) -> None:
+        """A target removed by a reload: its folder's mark says this daemon left it."""
+        if folder in self._folders:
+            self._folders.remove(folder)
+            found = read_marker(folder)
+            if found is not None and (found.node, found.pid) == (self._node, os.getpid()):
+                with contextlib.suppress(OSError):
+                    _write(folder, Marker(found.journal_id, found.node, found.pid, found.updated_at, True))
+
+    def _refuse_foreign(self, folders: list[Path]) -> None:
+        for folder in folders:
             found = read_marker(folder)
             if found is not None and self._belongs_elsewhere(found):
                 raise AlreadyRunningError(
@@ -64,7 +84,6 @@ class FolderMarkers:
                     "journal (journal.backend: postgresql), or, if it is gone for good, remove the "
                     f"mark: setfattr -x {ATTRIBUTE} {folder}"
                 )
-        return self.refresh()
 
     def refresh(self, *, stopped: bool = False) -> list[str]:
         """Rewrite every marker with the current time; returns warnings, never raises."""

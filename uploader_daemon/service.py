@@ -22,15 +22,17 @@ import structlog
 
 from uploader_daemon.activity import ApiActivity
 from uploader_daemon.auth import CredentialAuth, build_credential
+from uploader_daemon.auth.base import Job
 from uploader_daemon.clock import Clock
 from uploader_daemon.config.schema import TargetSettings
 from uploader_daemon.delivery.run import Delivery
 from uploader_daemon.drop_folder import DropFolder
 from uploader_daemon.errors import StateDirError
+from uploader_daemon.hooks import TargetHooks
 from uploader_daemon.http import build_client
 from uploader_daemon.journal import Journal
 from uploader_daemon.logs import get_logger
-from uploader_daemon.monitor import QUIET, Listener
+from uploader_daemon.monitor import QUIET, Fanout, Listener
 from uploader_daemon.pool.execution import Execution
 from uploader_daemon.pool.gate import ApiGate
 from uploader_daemon.pool.intake import Intake
@@ -61,8 +63,13 @@ class TargetService:
         listener: Listener = QUIET,
     ) -> None:
         self.settings = settings
-        self._scheduler = scheduler
         self._watching = False
+        # Every job this target schedules goes through here, so stopping it (a reload
+        # that removes or changes it) can take them all off the shared scheduler.
+        self._scheduler = _TargetJobs(scheduler)
+        self.hooks = TargetHooks(settings, clock)
+        if self.hooks.configured:
+            listener = Fanout([listener, self.hooks])
         events = listener.target(settings.name)
         self.schedule = Schedule()
         self.gate = ApiGate(settings.name, settings.retry, self.schedule, clock, events)
@@ -75,7 +82,7 @@ class TargetService:
             activity=self.activity,
             tokens_dir=tokens_dir,
             redactor=redactor,
-            timer=scheduler,
+            timer=self._scheduler,
             events=events,
         )
         folder = DropFolder(settings)
@@ -110,13 +117,25 @@ class TargetService:
         """Create output folders, pick up where the last run stopped, start watching."""
         name = self.settings.name
         for key, folder in self.settings.output_folders.items():
+            # Only the last component: a missing parent is a typo (the config check says so).
             try:
-                folder.mkdir(parents=True, exist_ok=True)
+                folder.mkdir()
+            except FileExistsError:
+                continue
             except OSError as error:
                 raise StateDirError(
                     f"target {name}: cannot create {key} {folder}: {error.strerror}; create it for the "
                     "daemon's user"
                 ) from None
+            log.info("folder_created", target=name, key=key, folder=str(folder))
+        if not self.settings.api.verify_tls:
+            log.warning(
+                "tls_verification_off",
+                target=name,
+                base_url=self.settings.api.base_url,
+                hint="api.verify_tls is false: anyone on the network path can read the credential "
+                "and the files; use ca_file for a private CA instead",
+            )
         self.credential.start()
         # The workers' tasks copy this context: every line they log (a progress line from
         # deep inside a step included) names the target.
@@ -159,8 +178,10 @@ class TargetService:
         await self.intake.stop()
 
     async def stop(self, grace: float) -> None:
-        """Stop workers (in-flight uploads get ``grace`` seconds)."""
+        """Stop workers (in-flight uploads get ``grace`` seconds), then the hooks they started."""
+        self._scheduler.cancel_all()
         await self.workers.stop(grace)
+        await self.hooks.close(grace)
 
     async def close(self) -> None:
         """Close the HTTP client (after :meth:`stop`, and after scheduled jobs ended)."""
@@ -169,3 +190,38 @@ class TargetService:
     def abort(self) -> None:
         """Cut off in-flight uploads now (a second stop signal)."""
         self.workers.abort()
+        self.hooks.abort()
+
+
+class _TargetJobs:
+    """The shared scheduler as one target sees it: what it schedules can be taken back."""
+
+    def __init__(self, scheduler: Scheduler) -> None:
+        self._scheduler = scheduler
+        self._job_ids: set[str] = set()
+        self._cancelled = False
+
+    def every(self, job_id: str, seconds: float, job: Job) -> None:
+        if not self._cancelled:
+            self._job_ids.add(job_id)
+            self._scheduler.every(job_id, seconds, job)
+
+    def at(self, job_id: str, when: float, job: Job) -> None:
+        if not self._cancelled:
+            self._job_ids.add(job_id)
+            self._scheduler.at(job_id, when, job)
+
+    def cancel_all(self) -> None:
+        """Replace each job with one that runs once, now, and does nothing: it is then gone.
+
+        The scheduler has no "remove"; a job replaced by a one-off that has passed leaves
+        nothing behind, and a target started again under the same name replaces it anyway.
+        """
+        self._cancelled = True
+        for job_id in self._job_ids:
+            self._scheduler.at(job_id, 0.0, _nothing)
+        self._job_ids.clear()
+
+
+async def _nothing() -> None:
+    """A job that does nothing (see :meth:`_TargetJobs.cancel_all`)."""

@@ -111,6 +111,19 @@ class Supervision:
 
     # --- lifecycle -------------------------------------------------------------------
 
+    def reconfigure(self, config: Config) -> None:
+        """A reload changed the targets: record the new ones, forget the removed ones.
+
+        The counters of a target that stays keep counting (they are this process's).
+        """
+        self._config = config
+        names = {target.name for target in config.targets}
+        for name in [name for name in self._recorders if name not in names]:
+            del self._recorders[name]
+        for target in config.targets:
+            if target.name not in self._recorders:
+                self._recorders[target.name] = TargetRecorder(self._clock, _credential_steps(target))
+
     async def start(self) -> None:
         """Listen (raises :class:`~uploader_daemon.endpoint.ListenError`), start pinging systemd."""
         if self.endpoint is not None:

@@ -160,10 +160,17 @@ def test_the_example_config_parses_exactly_as_written(places: dict[str, Path]) -
 
 
 def test_the_example_config_as_shipped_only_lacks_its_drop_folder() -> None:
-    """Loaded from disk unchanged, the example's one problem is this machine's missing folder."""
+    """Loaded from disk unchanged, the example's only problems are this machine's missing /srv/drop."""
     with pytest.raises(ConfigError) as caught:
         load_config(EXAMPLE, {"UPLOADER_PASSWORD": PASSWORD})
-    expected = ("targets[0].folder: /srv/drop/reports does not exist; create it or fix the path",)
+    missing_parent = (
+        "/srv/drop does not exist; fix the path, or create it: the daemon creates only the last folder"
+    )
+    expected = (
+        f"targets[0].after_upload.archive_dir: {missing_parent} (reports.sent)",
+        f"targets[0].failed_dir: {missing_parent} (reports.failed)",
+        "targets[0].folder: /srv/drop/reports does not exist; create it or fix the path",
+    )
     assert expected == caught.value.problems
     assert str(EXAMPLE) == caught.value.source
 

@@ -37,9 +37,10 @@ def service_for(
 
 def test_an_output_folder_that_cannot_be_created_stops_the_start_with_an_admin_error(tmp_path: Path) -> None:
     """StateDirError names the config key and the folder; nothing is started."""
-    (tmp_path / "failed").write_text("a file where failed_dir's parent should be")
     target = target_settings(tmp_path)
     target = target.model_copy(update={"failed_dir": tmp_path / "failed" / "docs"})
+    # After the config was checked (which refuses this): the folder went wrong since.
+    (tmp_path / "failed").write_text("a file where failed_dir's parent should be")
 
     async def scenario() -> None:
         journal = SqliteJournal.open(":memory:")

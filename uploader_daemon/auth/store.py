@@ -4,13 +4,22 @@ One JSON file per target in ``state_dir/tokens``, mode 0600, replaced atomically
 a temporary file, fsync, rename), so a crash leaves the old token or the new one, never
 half of either. Each file records the identity it was issued for (API, user, kind): a
 token for another account or API is never reused after a config change.
+
+The store is shared by the daemon and ``uploader-daemon upload`` running beside it:
+writes take an exclusive ``flock`` on the tokens folder itself (no lock file to leave
+behind; writes are rare, so one lock for every target costs nothing), and a write never replaces a
+token obtained later than the one being written (the slower process keeps its token in
+memory; the file keeps the newest). A file written by root (``sudo uploader-daemon
+upload``) is handed to the owner of the tokens folder, so the daemon can still read it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 from uploader_daemon.auth.grant import TokenGrant
@@ -52,7 +61,18 @@ class TokenStore:
             return None
 
     def save(self, grant: TokenGrant) -> None:
-        """Replace the stored grant atomically with mode 0600."""
+        """Replace the stored grant atomically with mode 0600, unless it holds a newer one."""
+        try:
+            with self._locked():
+                stored = self.load()
+                if stored is not None and stored.obtained_at > grant.obtained_at:
+                    return  # another process logged in after us: its token is the one to keep
+                self._write(grant)
+        except OSError as error:
+            # Losing the stored token only costs a login after a restart: keep running.
+            log.warning("token_store_write_failed", path=str(self.path), error=error.strerror)
+
+    def _write(self, grant: TokenGrant) -> None:
         record = {
             "identity": self._identity,
             "token": grant.token,
@@ -67,17 +87,39 @@ class TokenStore:
             with contextlib.suppress(FileNotFoundError):
                 temporary.unlink()
             descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            _give_to_folder_owner(descriptor, self.path.parent)
             with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
                 json.dump(record, handle)
                 handle.flush()
                 os.fsync(handle.fileno())
             os.replace(temporary, self.path)
-        except OSError as error:
-            # Losing the stored token only costs a login after a restart: keep running.
-            log.warning("token_store_write_failed", path=str(self.path), error=error.strerror)
+        except OSError:
             with contextlib.suppress(OSError):
                 temporary.unlink()
+            raise
 
     def clear(self) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
+        try:
+            with self._locked():
+                self.path.unlink(missing_ok=True)
+        except OSError as error:
+            log.warning("token_store_write_failed", path=str(self.path), error=error.strerror)
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """Hold the store's write lock (other processes' writes wait, for milliseconds)."""
+        descriptor = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(descriptor)  # closing releases the lock
+
+
+def _give_to_folder_owner(descriptor: int, folder: Path) -> None:
+    """As root, make a new file the folder owner's: the daemon's user must read it later."""
+    if os.geteuid() != 0:
+        return
+    owner = os.stat(folder)
+    if owner.st_uid != 0:
+        os.fchown(descriptor, owner.st_uid, owner.st_gid)

@@ -77,7 +77,8 @@ def parse_config(
     # Checked on the raw data, so a missing folder is reported with every other problem.
     folder_problems = _check_folders(data) if check_folders else []
     try:
-        context = {"environ": environ, "skip_secrets": not resolve_secrets}
+        # check_folders: output folders' parents and hook programs are looked at on this machine.
+        context = {"environ": environ, "skip_secrets": not resolve_secrets, "check_folders": check_folders}
         config = Config.model_validate(data, context=context)
     except ValidationError as error:
         details = _without_consequences(error.errors(include_url=False))
@@ -120,7 +121,8 @@ def _load_yaml(text: str, source: str) -> dict[str, Any]:
         mark = error.problem_mark or error.context_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "somewhere"
         what = error.problem or error.context or "invalid YAML"
-        raise ConfigError(source, [f"{where}: YAML syntax error: {what}"]) from None
+        hint = _yaml_hint(what, text, mark.line if mark else None)
+        raise ConfigError(source, [f"{where}: YAML syntax error: {what}{hint}"]) from None
     except yaml.YAMLError as error:
         raise ConfigError(source, [f"YAML syntax error: {error}"]) from None
     if data is None:
@@ -131,6 +133,57 @@ def _load_yaml(text: str, source: str) -> dict[str, Any]:
             source, [f"the top level must be a mapping of keys (state_dir, targets, ...), not a {kind}"]
         )
     return data
+
+
+def _yaml_hint(problem: str, text: str, line_index: int | None) -> str:
+    """What an admin most likely did, for the YAML errors that hand-edited files produce.
+
+    PyYAML names the place where it gave up, which for an indentation mistake is often
+    the line after the one to fix; the hint names both.
+    """
+    # PyYAML quotes the character it stopped at with repr(): a tab reads '\t'.
+    if "'\\t'" in problem or "\t" in problem:
+        return "; tabs are not allowed: indent with spaces"
+    if line_index is None:
+        return ""
+    lines = text.splitlines()
+    number = line_index + 1  # 1-based, as in the message
+    above = _line_above(lines, line_index)
+    if problem.startswith("mapping values are not allowed"):
+        if above is not None and _indent(lines[line_index]) > _indent(lines[above]):
+            return (
+                f"; line {number} is indented deeper than line {above + 1}, so it reads as part of that "
+                f"line's value: check the indentation of line {above + 1} and line {number}"
+            )
+        return "; a value that contains ': ' must be quoted"
+    if problem.startswith("expected <block end>") or problem.startswith("did not find expected key"):
+        if above is not None:
+            return (
+                f"; line {number} is not aligned with the keys above it: check the indentation of "
+                f"line {above + 1} and line {number}"
+            )
+        return f"; check the indentation of line {number}"
+    return ""
+
+
+def _line_above(lines: list[str], index: int) -> int | None:
+    """The index of the nearest line above ``index`` that holds YAML (not blank, not a comment)."""
+    for candidate in range(min(index, len(lines)) - 1, -1, -1):
+        stripped = lines[candidate].strip()
+        if stripped and not stripped.startswith("#"):
+            return candidate
+    return None
+
+
+def _indent(line: str) -> int:
+    """Where a line's key starts: a list item's dash counts as indentation."""
+    stripped = line.lstrip(" ")
+    indent = len(line) - len(stripped)
+    while stripped.startswith("- "):
+        rest = stripped[2:]
+        indent += len(stripped) - len(rest.lstrip(" "))
+        stripped = rest.lstrip(" ")
+    return indent
 
 
 def _without_consequences(details: list[ErrorDetails]) -> list[ErrorDetails]:

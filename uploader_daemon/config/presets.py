@@ -13,7 +13,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
-from uploader_daemon.config.types import AbsolutePath, HttpUrl, Model, PositiveDuration
+from uploader_daemon.config.types import HttpUrl, Model, OutputFolder, PositiveDuration
 from uploader_daemon.config.upload import (
     DownloadStep,
     MultipartStep,
@@ -200,7 +200,7 @@ class ConversionTaskUpload(Model):
 
     type: Literal["conversion_task"]
     conversion_type: str = Field(min_length=1)
-    output_dir: AbsolutePath
+    output_dir: OutputFolder
     tasks_path: str = "/api/tasks"
     download_path: str = "/api/download"
     filename: str = Field(

@@ -16,6 +16,7 @@ from uploader_daemon.config.types import (
     Duration,
     HttpUrl,
     Model,
+    OutputFolder,
     PositiveDuration,
     SecretValue,
 )
@@ -59,7 +60,7 @@ class RetrySettings(Model):
 
 class AfterUploadSettings(Model):
     action: Literal["archive", "delete", "keep"] = "archive"
-    archive_dir: AbsolutePath | None = None
+    archive_dir: OutputFolder | None = None
 
     @model_validator(mode="after")
     def _archive_needs_dir(self) -> AfterUploadSettings:
@@ -100,7 +101,7 @@ class TargetSettings(Model):
     concurrency: int = Field(default=4, ge=1, le=256)
     retry: RetrySettings = RetrySettings()
     after_upload: AfterUploadSettings
-    failed_dir: AbsolutePath
+    failed_dir: OutputFolder
     api: ApiSettings
     auth: AuthSettings
     upload: UploadSettings

@@ -70,6 +70,27 @@ def absolute_path(value: object) -> Path:
     return path
 
 
+def _output_folder(path: Path, info: ValidationInfo) -> Path:
+    """A folder the daemon writes into: it creates only the last component.
+
+    A parent that does not exist is almost always a typo (``/srv/drop/reprots.failed``);
+    creating it with every missing parent would hide the mistake until someone looks
+    for the files. Checked only when the loader checks folders (not for ``status``).
+    """
+    if not (info.context or {}).get("check_folders"):
+        return path
+    if path.exists():
+        if not path.is_dir():
+            raise ValueError(f"{path} exists and is not a directory")
+        return path
+    if not path.parent.is_dir():
+        raise ValueError(
+            f"{path.parent} does not exist; fix the path, or create it: the daemon creates only "
+            f"the last folder ({path.name})"
+        )
+    return path
+
+
 def _http_url(value: object) -> str:
     if not isinstance(value, str):
         raise ValueError("must be an http:// or https:// URL")
@@ -106,6 +127,7 @@ def _secret(value: object, info: ValidationInfo) -> Secret:
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 PositiveDuration = Annotated[float, BeforeValidator(parse_duration), AfterValidator(_positive)]
 AbsolutePath = Annotated[Path, PlainValidator(absolute_path)]
+OutputFolder = Annotated[Path, PlainValidator(absolute_path), AfterValidator(_output_folder)]
 HttpUrl = Annotated[str, PlainValidator(_http_url)]
 SecretValue = Annotated[Secret, PlainValidator(_secret)]
 ApiPath = Annotated[str, AfterValidator(_api_path)]

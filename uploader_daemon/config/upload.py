@@ -19,7 +19,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Field, PlainValidator, field_validator, model_validator
 
-from uploader_daemon.config.types import AbsolutePath, Model, PositiveDuration
+from uploader_daemon.config.types import Model, OutputFolder, PositiveDuration
 from uploader_daemon.templating import TemplateError, references_in
 
 FILE_VALUES = ("name", "stem", "extension", "size", "sha256", "mime_type", "relative_path")
@@ -130,7 +130,7 @@ class DownloadStep(ApiStep):
 
     kind: Literal["download"]
     method: Literal["GET", "POST"] = "GET"
-    output_dir: AbsolutePath
+    output_dir: OutputFolder
     filename: Template = Field(
         default="{file.name}", description="Used when the response has no Content-Disposition filename."
     )
