@@ -7,7 +7,8 @@ Exit codes (also in the README):
 0     success; ``run`` stopped by SIGTERM/SIGINT after a graceful shutdown
 1     unexpected internal error (a bug: please report it with the log)
 2     bad configuration or command line: nothing was started
-3     the state directory or an output folder cannot be created or used
+3     the state directory or an output folder cannot be created or used, or
+      metrics.listen cannot be bound
 4     another daemon already runs with this state directory, or watches a drop
       folder with another journal
 5     the journal is damaged and cannot be set aside safely (the message says how)
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import faulthandler
 import functools
 import os
 import sys
@@ -154,6 +156,10 @@ def _config_path(arguments: argparse.Namespace) -> Path:
 
 def _run(arguments: argparse.Namespace) -> int:
     from uploader_daemon.daemon import Daemon
+
+    # A wedged loop killed by systemd's watchdog (SIGABRT) leaves every thread's stack in
+    # the journal: the one clue to what it was stuck on.
+    faulthandler.enable()
 
     path = _config_path(arguments)
     config = load_config(path)

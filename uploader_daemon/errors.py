@@ -7,7 +7,8 @@
     │   ├── ConfigError             bad configuration (exit 2), every problem listed
     │   ├── StateDirError           state_dir unusable (exit 3)
     │   │   └── CorruptJournalError the journal is damaged and cannot be set aside (exit 5)
-    │   └── AlreadyRunningError     another daemon holds the state_dir lock (exit 4)
+    │   └── AlreadyRunningError     another daemon holds the state_dir lock, or a drop folder
+    │                               is marked by another journal (exit 4)
     ├── LoginFailedError            no credential could be obtained; files wait, login is
     │                               retried with the target's backoff
     ├── TokenRequestError           one login/refresh request failed (inside auth/)
@@ -26,9 +27,11 @@
         └── PermanentDeliveryError  other 4xx, or the server reported a failure value:
                                     the file goes to failed_dir at once
 
-Two internal signals live beside the code that raises them, because nothing outside
+``endpoint.ListenError`` (``metrics.listen`` cannot be bound, exit 3) and
+``journal.LeaseLostError`` (a shared journal's claim was taken over) live beside the code
+that raises them, as do two internal signals, because nothing outside
 catches them: ``file_moves.CopyNeededError``/``SidecarError`` and
-``delivery.templating.TemplateError``.
+``templating.TemplateError``.
 
 Errors carry what an admin needs to read at 3 a.m. (the step, the HTTP status, an
 excerpt of the body) and never a secret.

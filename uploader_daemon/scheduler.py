@@ -10,9 +10,11 @@ scheduler only decides when they run.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 from collections.abc import Awaitable, Callable
 
+from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from uploader_daemon.logs import get_logger
@@ -64,6 +66,11 @@ class Scheduler:
         self._scheduler.add_job(
             self._guarded(job_id, job), "interval", seconds=seconds, id=job_id, replace_existing=True
         )
+
+    def remove(self, job_id: str) -> None:
+        """Take a job off the schedule (a job that ran or was never added: nothing to do)."""
+        with contextlib.suppress(JobLookupError):
+            self._scheduler.remove_job(job_id)
 
     def at(self, job_id: str, when: float, job: Job) -> None:
         """Run ``job`` once at wall time ``when`` (at once if that has passed)."""

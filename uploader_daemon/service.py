@@ -165,7 +165,7 @@ class TargetService:
             name=self.settings.name,
             scheduled=scheduled,
             in_flight=in_flight,
-            watching=self._watching,
+            watching=self._watching and self.watcher.watching,
             token_expires_at=self.credential.expires_at,
             logs_in=self.settings.auth.type in ("token", "cognito"),
             api_down_since=self.gate.down_since,
@@ -212,16 +212,8 @@ class _TargetJobs:
             self._scheduler.at(job_id, when, job)
 
     def cancel_all(self) -> None:
-        """Replace each job with one that runs once, now, and does nothing: it is then gone.
-
-        The scheduler has no "remove"; a job replaced by a one-off that has passed leaves
-        nothing behind, and a target started again under the same name replaces it anyway.
-        """
+        """Take every job of this target off the shared scheduler; schedule nothing more."""
         self._cancelled = True
         for job_id in self._job_ids:
-            self._scheduler.at(job_id, 0.0, _nothing)
+            self._scheduler.remove(job_id)
         self._job_ids.clear()
-
-
-async def _nothing() -> None:
-    """A job that does nothing (see :meth:`_TargetJobs.cancel_all`)."""

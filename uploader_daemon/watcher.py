@@ -118,6 +118,11 @@ class FolderWatcher:
             if observer is not None and not await asyncio.to_thread(stop_observer, observer):
                 self._log.warning("watch_stop_timed_out", timeout=STOP_TIMEOUT)
 
+    @property
+    def watching(self) -> bool:
+        """Started, not stopped, and its watch alive (a dead one is restarted by the next scan)."""
+        return self._running and not self._observer_dead()
+
     def resettle(self, relative_path: str) -> None:
         """A queued file changed before its upload: watch it settle again."""
         if self._tracker is not None:

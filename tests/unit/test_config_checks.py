@@ -226,3 +226,42 @@ def test_comments_and_blank_lines_are_skipped_when_naming_the_line_above() -> No
 
     [problem] = problems_of(text)
     assert problem.endswith("check the indentation of line 3 and line 6")
+
+
+def test_a_mapping_used_as_a_key_is_a_syntax_error_naming_the_line_not_a_crash() -> None:
+    """`metrics: {}: x` or `{}: 1` makes a mapping a key: refused with the line, no traceback."""
+    with pytest.raises(ConfigError) as caught:
+        parse_config("state_dir: /tmp/x\n{}: 1\n", "config.yaml", {})
+    assert [
+        "line 2, column 1: YAML syntax error: a key must be a name, not a dict (map); a colon after a "
+        "{...} or [...] makes it a key: remove it or quote the text"
+    ] == list(caught.value.problems)
+
+
+def test_a_request_with_both_json_and_form_and_a_download_with_save_are_refused() -> None:
+    """Both bodies: one would be dropped silently; save on a download: its answer is not JSON."""
+    from uploader_daemon.config.upload import DownloadStep, RequestStep
+
+    with pytest.raises(ValueError, match="has both json and form"):
+        RequestStep.model_validate(
+            {"kind": "request", "name": "create", "path": "/x", "json": {"a": 1}, "form": {"b": 2}}
+        )
+    with pytest.raises(ValueError, match=r"save: has nothing to read; later steps can use \{result.path\}"):
+        DownloadStep.model_validate(
+            {"kind": "download", "name": "result", "path": "/x", "output_dir": "/tmp", "save": {"id": "id"}}
+        )
+
+
+def test_a_conversion_poll_mapping_without_a_deadline_keeps_the_hour() -> None:
+    """`poll: {interval: 10s}` under conversion_task still waits up to an hour, as documented."""
+    from uploader_daemon.config.presets import ConversionTaskUpload
+
+    upload = ConversionTaskUpload.model_validate(
+        {
+            "type": "conversion_task",
+            "conversion_type": "mp4",
+            "output_dir": "/tmp/out",
+            "poll": {"interval": "10s"},
+        }
+    )
+    assert (10.0, 3600.0) == (upload.poll.interval, upload.poll.deadline)

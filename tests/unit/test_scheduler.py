@@ -160,3 +160,27 @@ def test_abort_running_cuts_off_a_running_job_now() -> None:
 
     run(scenario)
     assert ["cancelled"] == outcome
+
+
+def test_a_removed_job_never_runs_again_and_removing_an_unknown_one_is_harmless() -> None:
+    """remove(): a stopped target's jobs leave the shared scheduler; a job of another target stays."""
+    ticks: list[str] = []
+
+    def job(name: str) -> Callable[[], Awaitable[None]]:
+        async def tick() -> None:
+            ticks.append(name)
+
+        return tick
+
+    async def scenario(scheduler: Scheduler) -> None:
+        scheduler.every("gone", 0.02, job("gone"))
+        scheduler.every("stays", 0.02, job("stays"))
+        await eventually(lambda: "gone" in ticks, message="a first tick")
+        scheduler.remove("gone")
+        scheduler.remove("never-added")
+        seen = len(ticks)
+        # Absence proven by order: "stays" ticks three more times, "gone" never again.
+        await eventually(lambda: ticks[seen:].count("stays") >= 3, message="three more ticks")
+        assert "gone" not in ticks[seen + 1 :]
+
+    run(scenario)

@@ -285,6 +285,31 @@ def test_a_restart_inside_the_lifetime_reuses_the_saved_token_without_logging_in
     assert START + LIFETIME == restarted.expires_at
 
 
+def test_a_token_another_process_saved_is_taken_up_instead_of_logging_in_again(
+    rig: Rig, api: TokenApi
+) -> None:
+    """`uploader-daemon upload` logged in beside the running daemon: the daemon uses that token."""
+    running = rig.credential()  # started before the other process logged in: no token yet
+    headers_now(rig.credential())  # the other process (same token store) logs in
+
+    headers = headers_now(running)
+
+    assert 1 == api.login.call_count
+    assert "Bearer login-1" == bearer(headers)
+
+
+def test_a_token_the_api_refused_is_not_taken_up_again_from_the_store(rig: Rig, api: TokenApi) -> None:
+    """After a 401 the refused token is never restored, even if a copy is still on disk."""
+    credential = rig.credential()
+    refused = headers_now(credential)
+    saved = rig.token_file.read_bytes()
+    credential.rejected(refused)
+    rig.token_file.write_bytes(saved)  # another process wrote the same token back
+
+    assert "Bearer login-2" == bearer(headers_now(credential))
+    assert 2 == api.login.call_count
+
+
 def test_a_restart_after_the_saved_token_expired_logs_in(rig: Rig, api: TokenApi) -> None:
     """An expired stored token is not restored; the next request logs in."""
     headers_now(rig.credential())

@@ -18,6 +18,7 @@ Rules, whatever the provider:
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 from typing import Protocol
 
@@ -85,6 +86,8 @@ class ManagedTokenCredential:
         self._timer = timer
         self._events = events
         self._last_login_error: LoginFailedError | None = None
+        # The last tokens the API refused: never taken up again from the store.
+        self._refused: collections.deque[str] = collections.deque(maxlen=4)
         self._grant: TokenGrant | None = None
         self._generation = 0
         self._lock = asyncio.Lock()
@@ -107,10 +110,16 @@ class ManagedTokenCredential:
         if self._timer is not None:
             self._timer.every(f"{self._target}:token-check", self.check_every, self.renew_if_due)
 
-    def restore(self) -> None:
+    def restore(self) -> bool:
+        """Take up a still-valid token from the store; says whether there was one.
+
+        At start (a restart inside the token's lifetime needs no login), and before each
+        login: another process with this credential (``uploader-daemon upload``) may have
+        logged in since, and one login is better than two.
+        """
         grant = self._store.load()
-        if grant is None or not self._usable(grant):
-            return
+        if grant is None or not self._usable(grant) or grant.token in self._refused:
+            return False
         self._redactor.add_token(grant.token, self._target)
         if grant.refresh_token:
             self._redactor.add_token(grant.refresh_token, f"{self._target}/refresh")
@@ -118,6 +127,7 @@ class ManagedTokenCredential:
         self._generation += 1
         self._log.info("token_restored", expires_at=iso_utc(grant.expires_at))
         self._announce(grant)
+        return True
 
     async def headers(self) -> AuthHeaders:
         grant = self._grant
@@ -125,11 +135,15 @@ class ManagedTokenCredential:
             async with self._lock:
                 grant = self._grant
                 if grant is None or not self._usable(grant):
+                    if self.restore():  # another process logged in meanwhile
+                        assert self._grant is not None
+                        return self._headers_for(self._grant)
                     grant = await self._login(reason="no valid token" if grant is None else "token expired")
         return self._headers_for(grant)
 
     def rejected(self, used: AuthHeaders) -> None:
         if self._grant is not None and used.generation == self._generation:
+            self._refused.append(self._grant.token)
             self._grant = None
             self._store.clear()
             self._log.warning("token_discarded", reason="the API answered 401")

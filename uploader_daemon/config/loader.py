@@ -98,6 +98,14 @@ def _mapping_without_duplicates(loader: _StrictLoader, node: yaml.MappingNode) -
     seen: dict[Any, yaml.Node] = {}
     for key_node, _ in node.value:
         key = loader.construct_object(key_node, deep=True)
+        if not isinstance(key, str | int | float | bool) and key is not None:
+            raise yaml.constructor.ConstructorError(
+                None,
+                None,
+                f"a key must be a name, not a {type(key).__name__} ({key_node.tag.rsplit(':', 1)[-1]}); "
+                "a colon after a {...} or [...] makes it a key: remove it or quote the text",
+                key_node.start_mark,
+            )
         if key in seen:
             line = key_node.start_mark.line + 1
             first = seen[key].start_mark.line + 1

@@ -52,6 +52,12 @@ class PollSettings(Model):
     deadline: PositiveDuration = 600.0
 
 
+class ConversionPollSettings(PollSettings):
+    """A conversion takes longer than a status check: an hour unless said otherwise."""
+
+    deadline: PositiveDuration = 3600.0
+
+
 class MultipartUpload(Model):
     """Flow T: the file as a multipart POST to the API, with the credential."""
 
@@ -208,7 +214,7 @@ class ConversionTaskUpload(Model):
         description="Result name when the server sends none "
         "(the conversion type is appended as the extension).",
     )
-    poll: PollSettings = PollSettings(deadline=3600.0)
+    poll: ConversionPollSettings = ConversionPollSettings()
     delete_task: bool = Field(default=False, description="DELETE the task once the result is saved.")
 
     @model_validator(mode="after")

@@ -101,6 +101,12 @@ class RequestStep(ApiStep):
         default=None, description="Safe to send again after a crash; default: true for GET/PUT/DELETE."
     )
 
+    @model_validator(mode="after")
+    def _one_body(self) -> RequestStep:
+        if self.body is not None and self.form is not None:
+            raise ValueError(f"step {self.name!r} has both json and form; a request has one body: keep one")
+        return self
+
 
 class MultipartStep(ApiStep):
     """The file as a multipart/form-data part, plus extra form fields, to the API."""
@@ -134,6 +140,15 @@ class DownloadStep(ApiStep):
     filename: Template = Field(
         default="{file.name}", description="Used when the response has no Content-Disposition filename."
     )
+
+    @model_validator(mode="after")
+    def _saves_nothing(self) -> DownloadStep:
+        if self.save:
+            raise ValueError(
+                f"step {self.name!r} is a download: its answer is the file, not JSON, so save: has nothing "
+                "to read; later steps can use {" + self.name + ".path} and {" + self.name + ".filename}"
+            )
+        return self
 
 
 class StoragePostStep(Model):
