@@ -17,6 +17,7 @@ import errno
 import fnmatch
 import os
 import stat
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -123,12 +124,34 @@ class DropFolder:
         Raises OSError only when ``directory`` itself cannot be listed; a sub-folder
         that cannot is recorded in the listing and skipped.
         """
+        whole = Listing()
+        for part in self.listings(directory):
+            whole.files += part.files
+            whole.symlinks += part.symlinks
+            whole.unreadable += part.unreadable
+            whole.readable += part.readable
+        return whole
+
+    def listings(self, directory: str, batch: int = 1000) -> Iterator[Listing]:
+        """:meth:`list_files` in parts of about ``batch`` files, as the folder is read. Blocking.
+
+        A big folder's first files can be on their way while the rest is still listed.
+        Raises OSError (from the first ``next``) only when ``directory`` itself cannot be
+        listed.
+        """
         listing = Listing()
         pending = [directory]
         while pending:
             current = pending.pop()
             try:
-                self._list_one(current, listing, pending)
+                for relative, identity in self._entries(current, pending):
+                    if identity is None:
+                        listing.symlinks.append(relative)
+                        continue
+                    listing.files.append((relative, identity))
+                    if len(listing.files) >= batch:
+                        yield listing
+                        listing = Listing()
             except OSError as error:
                 if current == directory:
                     raise
@@ -137,10 +160,10 @@ class DropFolder:
             else:
                 if current != self.root:
                     listing.readable.append(os.path.relpath(current, self.root))
-        return listing
+        yield listing
 
-    def _list_one(self, directory: str, listing: Listing, pending: list[str]) -> None:
-        """Add one folder's files to ``listing`` and its wanted sub-folders to ``pending``."""
+    def _entries(self, directory: str, pending: list[str]) -> Iterator[tuple[str, FileIdentity | None]]:
+        """One folder's candidate files (``None``: a symlink); its wanted sub-folders go to ``pending``."""
         with os.scandir(directory) as entries:
             for entry in entries:
                 relative = os.path.relpath(entry.path, self.root)
@@ -154,9 +177,9 @@ class DropFolder:
                 elif not self.wanted_name(relative):
                     continue
                 elif stat.S_ISLNK(info.st_mode):
-                    listing.symlinks.append(relative)
+                    yield relative, None
                 elif stat.S_ISREG(info.st_mode):
-                    listing.files.append((relative, FileIdentity.of(info)))
+                    yield relative, FileIdentity.of(info)
 
 
 def _matches(name: str, relative_path: str, patterns: tuple[str, ...]) -> bool:

@@ -113,6 +113,24 @@ async def read_bounded(response: httpx.Response, limit: int | None = None) -> ht
     """
     if limit is None:
         limit = ANSWER_LIMIT if response.is_success else ERROR_BODY_LIMIT
+    declared = response.headers.get("Content-Length")
+    if (
+        declared is not None
+        and declared.isdigit()
+        and int(declared) <= limit
+        and not response.headers.get("Content-Encoding")
+    ):
+        # The usual answer: small and said so. httpx reads no further than Content-Length.
+        try:
+            await response.aread()
+        except httpx.HTTPError as error:
+            request = response.request
+            raise NetworkError(
+                f"{request.method} {host_of(str(request.url))} broke off: {_reason(error)}"
+            ) from None
+        finally:
+            await response.aclose()
+        return response
     chunks: list[bytes] = []
     size = 0
     complete = True
@@ -139,6 +157,11 @@ async def read_bounded(response: httpx.Response, limit: int | None = None) -> ht
         request=response.request,
         extensions={**response.extensions, _TRUNCATED: not complete},
     )
+
+
+def _broke_off(response: httpx.Response, error: httpx.HTTPError) -> NetworkError:
+    request = response.request
+    return NetworkError(f"{request.method} {host_of(str(request.url))} broke off: {_reason(error)}")
 
 
 def truncated(response: httpx.Response) -> bool:

@@ -12,7 +12,9 @@ and mtime then stayed the same for ``settle``. A file being written is never off
 - a file found by a scan has no close event to vouch for it (it may have been open for
   writing before the watch began), so it must hold still for at least
   ``SCAN_SETTLE`` even when ``settle`` is 0; a writer still at work touches it within
-  that time, and inotify then parks it as *writing*;
+  that time, and inotify then parks it as *writing*. Its mtime may already say it has not
+  changed for that long (a backlog that waited while the daemon was down): then it is
+  ready at once;
 - a file stuck in *writing* is treated as closed by a scan that sees the same (size,
   mtime) as the scan before it, once neither a write event nor a scan has seen it
   change for ``stalled_writer_after`` (an hour by default): the close event was lost
@@ -69,8 +71,10 @@ class ReadinessTracker:
         *,
         stalled_writer_after: float,
         failed: Callable[[str, Exception], None],
+        wall: Callable[[], float] | None = None,
     ) -> None:
         self._settle = settle
+        self._wall = wall
         self._offer = offer
         self._stat = stat
         self._loop = loop
@@ -164,10 +168,21 @@ class ReadinessTracker:
             self.removed(path)
             return
         period = max(self._settle, entry.at_least)
-        if period <= 0:
+        if period <= 0 or self._held_still_already(entry, period):
             self._ready(path)
             return
         entry.timer = self._loop.call_later(period, self._check, path)
+
+    def _held_still_already(self, entry: _Entry, period: float) -> bool:
+        """A file no event vouches for, whose mtime says it has not changed for ``period``.
+
+        Its last write is that old, so watching it hold still for as long again proves
+        nothing more: a backlog found at start goes out at once instead of after a wait.
+        """
+        if self._wall is None or entry.at_least <= 0 or entry.snapshot is None:
+            return False
+        mtime_ns = getattr(entry.snapshot, "mtime_ns", None)
+        return isinstance(mtime_ns, int) and self._wall() - mtime_ns / 1e9 >= period
 
     def _check(self, path: str) -> None:
         """The settle timer: runs as a loop callback, so it must not raise."""

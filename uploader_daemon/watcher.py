@@ -26,6 +26,7 @@ import collections
 import contextlib
 import errno
 import os
+import time
 from collections.abc import Callable
 
 from watchdog.events import (
@@ -43,15 +44,11 @@ from watchdog.observers.api import BaseObserver
 
 from uploader_daemon.config.schema import TargetSettings
 from uploader_daemon.drop_folder import GONE, DropFolder, Listing
-from uploader_daemon.identity import FileIdentity
 from uploader_daemon.logs import get_logger
 from uploader_daemon.observers import STOP_TIMEOUT, start_observer, stop_observer
 from uploader_daemon.readiness import ReadinessTracker, Snapshot
 
 log = get_logger(__name__)
-
-# What a file that is not there looks like to the tracker: never equal to a real one.
-_MISSING = FileIdentity(-1, -1)
 
 
 class FolderWatcher:
@@ -98,6 +95,7 @@ class FolderWatcher:
             self._loop,
             stalled_writer_after=self._target.watch.stalled_writer_after,
             failed=self._settle_check_failed,
+            wall=time.time,
         )
         self._generation += 1
         self._observer, self.events_have_close = self._start_observer(self._generation)
@@ -125,8 +123,13 @@ class FolderWatcher:
 
     def resettle(self, relative_path: str) -> None:
         """A queued file changed before its upload: watch it settle again."""
-        if self._tracker is not None:
-            self._tracker.scanned(relative_path, self._folder.snapshot(relative_path) or _MISSING)
+        if self._tracker is None:
+            return
+        snapshot = self._folder.snapshot(relative_path)
+        if snapshot is None:
+            self._tracker.removed(relative_path)  # gone since: nothing to settle
+        else:
+            self._tracker.scanned(relative_path, snapshot)
 
     async def scan(self) -> int:
         """Restart a dead watch, list the folder (in a thread), hand unknown files to the tracker.
@@ -134,9 +137,14 @@ class FolderWatcher:
         Returns how many files were new to the daemon. Never raises: a vanished folder,
         or a file whose handling fails, is logged and the next scan tries again.
         """
+        new = 0
         try:
             await self._restart_observer_if_dead()
-            listing = await asyncio.to_thread(self._folder.list_files, self._folder.root)
+            parts = self._folder.listings(self._folder.root)
+            # Each part is considered as it comes: the first files of a backlog of
+            # thousands go out while the rest of the folder is still being read.
+            while (part := await asyncio.to_thread(next, parts, None)) is not None:
+                new += self._consider(part)
         except OSError as error:
             self._log.error(
                 "scan_failed",
@@ -144,14 +152,14 @@ class FolderWatcher:
                 error=error.strerror or str(error),
                 hint="check that the drop folder exists and is readable",
             )
-            return 0
+            return new
         except Exception as error:  # a bug must not end the rescan job's promise
             self._log.error(
                 "scan_failed", folder=self._folder.root, error=str(error), error_type=type(error).__name__
             )
             self._log.debug("scan_traceback", exc_info=error)
-            return 0
-        return self._consider(listing)
+            return new
+        return new
 
     def _consider(self, listing: Listing) -> int:
         """Hand a listing to the tracker; returns how many files were new. Never raises."""

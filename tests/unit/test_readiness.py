@@ -380,3 +380,66 @@ def test_a_file_seen_without_a_close_event_settles_for_the_scan_minimum(
     assert [] == offered
     timers.advance(SCAN_SETTLE)
     assert ["polled.csv"] == offered
+
+
+def wall_tracker(timers: FakeTimers, offered: list[str], wall: float) -> ReadinessTracker:
+    """A tracker that knows the wall time (the watcher's), on real file identities."""
+    from uploader_daemon.identity import FileIdentity
+
+    files = {
+        "old.csv": FileIdentity(10, int((wall - 60) * 1e9), 1),
+        "fresh.csv": FileIdentity(10, int((wall - 0.5) * 1e9), 2),
+    }
+
+    def failed(path: str, error: Exception) -> None:
+        raise AssertionError(f"unexpected failure for {path}: {error!r}")
+
+    tracker = ReadinessTracker(
+        SETTLE,
+        offered.append,
+        files.get,
+        cast(asyncio.AbstractEventLoop, timers),
+        stalled_writer_after=STALLED,
+        failed=failed,
+        wall=lambda: wall,
+    )
+    for path, identity in files.items():
+        tracker.scanned(path, identity)
+    return tracker
+
+
+def test_a_scanned_file_whose_mtime_is_older_than_the_settle_period_is_ready_at_once(
+    timers: FakeTimers, offered: list[str]
+) -> None:
+    """A backlog found at start: unchanged for a minute already, so it goes without a wait."""
+    wall_tracker(timers, offered, wall=1_800_000_000.0)
+    assert ["old.csv"] == offered  # fresh.csv changed half a second ago: it holds still first
+    timers.advance(SETTLE + 0.1)
+    assert ["old.csv", "fresh.csv"] == offered
+
+
+def test_a_closed_file_waits_its_settle_period_whatever_its_mtime(
+    timers: FakeTimers, offered: list[str]
+) -> None:
+    """The shortcut is for files no event vouches for; a close event keeps the settle rule."""
+    from uploader_daemon.identity import FileIdentity
+
+    old = FileIdentity(10, int((1_800_000_000.0 - 60) * 1e9), 1)
+
+    def failed(path: str, error: Exception) -> None:
+        raise AssertionError(error)
+
+    tracker = ReadinessTracker(
+        SETTLE,
+        offered.append,
+        lambda path: old,
+        cast(asyncio.AbstractEventLoop, timers),
+        stalled_writer_after=STALLED,
+        failed=failed,
+        wall=lambda: 1_800_000_000.0,
+    )
+    tracker.written("moved-in.csv")
+    tracker.closed("moved-in.csv")
+    assert [] == offered
+    timers.advance(SETTLE + 0.1)
+    assert ["moved-in.csv"] == offered

@@ -11,7 +11,7 @@ import asyncio
 import errno
 import os
 import shutil
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -328,13 +328,20 @@ class RefusingSubfolders(DropFolder):
         self.refused = refused
         self.broken = broken or set()
 
-    def list_files(self, directory: str) -> Listing:
+    def _check(self, directory: str) -> None:
         relative = self.relative(directory)
         if relative in self.refused:
             raise PermissionError(errno.EACCES, "Permission denied", directory)
         if relative in self.broken:
             raise RuntimeError("a bug in listing")
+
+    def list_files(self, directory: str) -> Listing:
+        self._check(directory)
         return super().list_files(directory)
+
+    def listings(self, directory: str, batch: int = 1000) -> Iterator[Listing]:
+        self._check(directory)
+        yield from super().listings(directory, batch)
 
 
 def test_a_sub_folder_that_cannot_be_listed_is_warned_about_once(tmp_path: Path) -> None:

@@ -83,7 +83,9 @@ class MultipartBody:
     async def content(self) -> bytes | MultipartStream:
         """The body for ``httpx``'s ``content=``: one buffer when small, else a stream."""
         if self.length <= ONE_BUFFER_LIMIT:
-            data = await asyncio.to_thread(_read_exactly, self._file, 0, self._file.size)
+            data = _read_cached(self._file)
+            if data is None:
+                data = await asyncio.to_thread(_read_exactly, self._file, 0, self._file.size)
             return b"".join((self._head, data, self._tail))
         return MultipartStream(self._head, self._file, self._tail, clock=self._clock)
 
@@ -159,6 +161,24 @@ class UploadProgress:
 
 def _mib(size: int) -> float:
     return round(size / _MIB, 1)
+
+
+def _read_cached(file: FileFacts) -> bytes | None:
+    """The whole (small) file if the page cache holds it, without blocking; else ``None``.
+
+    ``RWF_NOWAIT`` reads only what is cached and refuses otherwise: a freshly written file
+    costs no thread hop, a cold one or a slow mount (or a filesystem that does not know
+    the flag) goes to a worker thread as before.
+    """
+    descriptor = file.descriptor
+    if descriptor is None or file.size == 0 or not hasattr(os, "RWF_NOWAIT"):
+        return None
+    buffer = bytearray(file.size)
+    try:
+        read = os.preadv(descriptor, [buffer], 0, os.RWF_NOWAIT)
+    except OSError:  # EAGAIN: not cached; EOPNOTSUPP: not supported here
+        return None
+    return bytes(buffer) if read == file.size else None
 
 
 def _read_exactly(file: FileFacts, offset: int, length: int) -> bytes:

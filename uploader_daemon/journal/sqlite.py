@@ -113,62 +113,69 @@ class SqliteJournal:
     # --- discovery -------------------------------------------------------------------
 
     async def admit(self, target: str, path: str, identity: FileIdentity, now: float) -> FileRecord | None:
-        # No await between the look-up and the write: the journal is used from one thread,
-        # and the unique index on active rows backs that up.
-        db = self._db
-        active = db.execute(
-            f"SELECT * FROM files WHERE target=? AND path=? AND state IN {_ACTIVE}",  # noqa: S608
-            (target, _stored(path)),
-        ).fetchone()
-        if active is not None:
-            if active["state"] != FileState.PENDING:
-                return None
-            record = _record(active)
-            if record.identity.same_version(identity):
-                return record
-            # Another version while waiting: the upload must send the new content, so a
-            # checkpoint of an earlier attempt (a document created for the old size, a
-            # poll of the old upload) no longer applies; it also gets its own attempts
-            # and its own idempotency key.
-            self._write(
-                "UPDATE files SET size=?, mtime_ns=?, inode=?, device=?, next_step=0, step_in_flight=NULL, "
-                "outputs='{}', attempts=0, last_error=NULL, last_status=NULL, not_before=NULL, "
-                "idempotency_key=?, updated_at=? WHERE id=?",
-                (*_identity_columns(identity), _new_key(), now, record.id),
-            )
-            updated = await self.get(record.id)
-            await self._durable()
-            return updated
-        if await self.is_settled(target, path, identity):
-            return None
+        # A new file (the common case) is one statement: inserted unless this very version
+        # was finished and left in place, or an active row holds the path. No await between
+        # the statements below: the journal is used from one thread, and the unique index
+        # on active rows backs that up.
+        stored = _stored(path)
+        size, mtime_ns, inode, device = _identity_columns(identity)
         key = _new_key()
-        cursor = self._write(
-            "INSERT INTO files (target, path, size, mtime_ns, inode, device, state, idempotency_key, "
-            "discovered_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?)",
-            (target, _stored(path), *_identity_columns(identity), key, now, now),
+        inserted = self._write(
+            "INSERT INTO files (target, path, size, mtime_ns, inode, device, state, idempotency_key, "  # noqa: S608
+            "discovered_at, updated_at) SELECT ?, ?, ?, ?, ?, ?, 'pending', ?, ?, ? "
+            "WHERE NOT EXISTS (SELECT 1 FROM files WHERE target=? AND path=? AND size=? AND mtime_ns=? "
+            f"AND disposition IN {_SETTLED} AND (inode IS NULL OR ? IS NULL OR inode=?)) "
+            f"ON CONFLICT (target, path) WHERE state IN {_ACTIVE} DO NOTHING RETURNING id",
+            (
+                *(target, stored, size, mtime_ns, inode, device, key, now, now),
+                *(target, stored, size, mtime_ns, inode, inode),  # the settled-in-place look-up
+            ),
+        ).fetchone()
+        if inserted is not None:
+            await self._durable()
+            return FileRecord(
+                id=inserted["id"],
+                target=target,
+                path=path,
+                identity=identity,
+                state=FileState.PENDING,
+                attempts=0,
+                next_step=0,
+                step_in_flight=None,
+                outputs={},
+                plan=None,
+                last_error=None,
+                last_status=None,
+                disposition=None,
+                destination=None,
+                idempotency_key=key,
+                owner=None,
+                discovered_at=now,
+                updated_at=now,
+            )
+        active = self._db.execute(
+            f"SELECT * FROM files WHERE target=? AND path=? AND state IN {_ACTIVE}",  # noqa: S608
+            (target, stored),
+        ).fetchone()
+        if active is None or active["state"] != FileState.PENDING:
+            await self._durable()
+            return None  # this version was settled in place; or the file is in flight, delivered
+        record = _record(active)
+        if record.identity.same_version(identity):
+            await self._durable()
+            return record
+        # Another version while waiting: the upload must send the new content, so a
+        # checkpoint of an earlier attempt (a document created for the old size, a poll of
+        # the old upload) no longer applies; it also gets its own attempts and key.
+        self._write(
+            "UPDATE files SET size=?, mtime_ns=?, inode=?, device=?, next_step=0, step_in_flight=NULL, "
+            "outputs='{}', attempts=0, last_error=NULL, last_status=NULL, not_before=NULL, "
+            "idempotency_key=?, updated_at=? WHERE id=?",
+            (size, mtime_ns, inode, device, _new_key(), now, record.id),
         )
-        assert cursor.lastrowid is not None
+        updated = await self.get(record.id)
         await self._durable()
-        return FileRecord(
-            id=cursor.lastrowid,
-            target=target,
-            path=path,
-            identity=identity,
-            state=FileState.PENDING,
-            attempts=0,
-            next_step=0,
-            step_in_flight=None,
-            outputs={},
-            plan=None,
-            last_error=None,
-            last_status=None,
-            disposition=None,
-            destination=None,
-            idempotency_key=key,
-            owner=None,
-            discovered_at=now,
-            updated_at=now,
-        )
+        return updated
 
     async def is_settled(self, target: str, path: str, identity: FileIdentity) -> bool:
         rows = self._db.execute(

@@ -13,6 +13,7 @@ place, or another daemon's) and it has not changed since.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import stat
 
@@ -27,6 +28,8 @@ log = get_logger(__name__)
 
 # How many refused versions the intake remembers (deleted files are never forgotten one by one).
 _REFUSED_MEMORY = 100_000
+# How many ready files are admitted together (one journal commit).
+_ADMISSION_BATCH = 256
 
 
 class Intake:
@@ -81,9 +84,12 @@ class Intake:
     async def _admit_ready(self) -> None:
         try:
             while self._ready and not self._stopped:
-                relative_path = next(iter(self._ready))
-                del self._ready[relative_path]
-                await self._admit(relative_path)
+                # Admitted together, their journal rows share one commit (a backlog of
+                # thousands is admitted in batches, and the first files go out at once).
+                batch = list(itertools.islice(self._ready, _ADMISSION_BATCH))
+                for relative_path in batch:
+                    del self._ready[relative_path]
+                await asyncio.gather(*(self._admit(relative_path) for relative_path in batch))
         finally:
             self._admitting = None
 
