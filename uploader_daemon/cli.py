@@ -214,7 +214,7 @@ def _check_config(arguments: argparse.Namespace) -> int:
 def _status(arguments: argparse.Namespace) -> int:
     from uploader_daemon.status import collect_status, render_status
 
-    config: Config = load_config(_config_path(arguments), resolve_secrets=False)
+    config = _config_for_reading(arguments)
     text = render_status(collect_status(config), as_json=arguments.json)
     try:
         sys.stdout.write(text + "\n")
@@ -231,12 +231,25 @@ def _status(arguments: argparse.Namespace) -> int:
 def _list(arguments: argparse.Namespace) -> int:
     from uploader_daemon.commands.listing import read_rows, render
 
-    config = load_config(_config_path(arguments), resolve_secrets=False)
+    config = _config_for_reading(arguments)
     if arguments.target is not None:
         _target(config, arguments.target)
     rows = read_rows(config, arguments.target, arguments.state or [], arguments.limit or None)
     render(rows, sys.stdout, as_json=arguments.json)
     return EXIT_OK
+
+
+def _config_for_reading(arguments: argparse.Namespace) -> Config:
+    """The config for commands that read the journal: no secrets, no folder checks...
+
+    ...except the shared journal's ``dsn``, which they need to reach it (it is read
+    like every other secret then; the folders stay unchecked, a mount may be down).
+    """
+    path = _config_path(arguments)
+    config: Config = load_config(path, resolve_secrets=False)
+    if config.journal.backend == "postgresql":
+        config = load_config(path, resolve_secrets=True, check_folders=False)
+    return config
 
 
 def _retry(arguments: argparse.Namespace) -> int:

@@ -28,7 +28,8 @@ from uploader_daemon.config.schema import Config, LogSettings, TargetSettings
 from uploader_daemon.config.warnings import config_warnings
 from uploader_daemon.errors import AdminError, ConfigError
 from uploader_daemon.folder_marker import REFRESH_EVERY, FolderMarkers
-from uploader_daemon.journal import Journal, SqliteJournal
+from uploader_daemon.journal import Journal
+from uploader_daemon.journal.opening import open_journal
 from uploader_daemon.logs import get_logger
 from uploader_daemon.monitor import QUIET, Fanout, Listener
 from uploader_daemon.notify import Notifier
@@ -68,8 +69,8 @@ class Daemon:
         self._clock = clock or SystemClock()
         self._handle_signals = handle_signals
         self._notifier = Notifier()
-        # This daemon's name on its journal claims.
-        self.node = socket.gethostname()
+        # This daemon's name on its journal claims (unique in a group sharing one journal).
+        self.node = config.journal.node or socket.gethostname()
         self._state = StateDir(config.state_dir)
         self._scheduler = Scheduler()
         self._journal: Journal | None = None
@@ -140,8 +141,13 @@ class Daemon:
         # Before the targets: a port in use stops the start, and /readyz says "starting".
         await self.supervision.start()
         keeps = [target.name for target in self.config.targets if target.after_upload.action == "keep"]
-        self._journal, aside = SqliteJournal.open_or_set_aside(
-            self._state.journal_path, may_set_aside=not keeps, now=self._clock.now()
+        self._journal, aside = await open_journal(
+            self.config.journal,
+            sqlite_path=self._state.journal_path,
+            node=self.node,
+            concurrency=sum(target.concurrency for target in self.config.targets),
+            may_set_aside=not keeps,
+            now=self._clock.now(),
         )
         if aside is not None:
             log.error(

@@ -7,6 +7,8 @@
     │   ├── ConfigError             bad configuration (exit 2), every problem listed
     │   ├── StateDirError           state_dir unusable (exit 3)
     │   │   └── CorruptJournalError the journal is damaged and cannot be set aside (exit 5)
+    │   ├── JournalUnavailableError the shared (PostgreSQL) journal cannot be reached (exit 6
+    │   │                           at start; while running, the work waits for it)
     │   └── AlreadyRunningError     another daemon holds the state_dir lock, or a drop folder
     │                               is marked by another journal (exit 4)
     ├── LoginFailedError            no credential could be obtained; files wait, login is
@@ -80,6 +82,16 @@ class CorruptJournalError(StateDirError):
     """
 
     exit_code = 5
+
+
+class JournalUnavailableError(AdminError):
+    """The shared journal's database cannot be reached or refuses the daemon.
+
+    At start the daemon exits with this code and systemd restarts it (the database may be
+    starting too); while running, no file is claimed until it answers again.
+    """
+
+    exit_code = 6
 
 
 class AlreadyRunningError(AdminError):

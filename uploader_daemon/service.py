@@ -63,6 +63,7 @@ class TargetService:
         listener: Listener = QUIET,
     ) -> None:
         self.settings = settings
+        self._journal = journal
         self._watching = False
         # Every job this target schedules goes through here, so stopping it (a reload
         # that removes or changes it) can take them all off the shared scheduler.
@@ -156,6 +157,9 @@ class TargetService:
             scan_ms=round((time.monotonic() - started) * 1000, 1),
         )
         self._scheduler.every(f"{name}:rescan", self.settings.watch.rescan_every, self.watcher.scan)
+        if (takeover_every := self._journal.takeover_every) is not None:
+            # A shared journal: work another daemon of the group left behind comes here too.
+            self._scheduler.every(f"{name}:takeover", takeover_every, self.intake.take_over)
         self._watching = True
 
     def snapshot(self) -> TargetSnapshot:

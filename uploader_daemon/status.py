@@ -23,6 +23,7 @@ import contextlib
 import datetime
 import json
 import os
+import socket
 import sqlite3
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -31,7 +32,8 @@ from pathlib import Path
 from uploader_daemon.clock import iso_utc
 from uploader_daemon.config.schema import Config, TargetSettings
 from uploader_daemon.errors import StateDirError
-from uploader_daemon.journal import FileState, Journal, SqliteJournal, TargetCounts
+from uploader_daemon.journal import FileState, TargetCounts
+from uploader_daemon.journal.opening import open_for_reading
 from uploader_daemon.present import (
     CredentialState,
     CredentialView,
@@ -132,14 +134,13 @@ def _read(config: Config, state: StateDir, now: float) -> Status:
             "(sudo -u uploader-daemon uploader-daemon status)"
         ) from None
     except FileNotFoundError:
-        journal = None
-    else:
-        journal = SqliteJournal.open(journal_path)
+        pass  # not created yet (or the journal is shared): open_for_reading knows
+    present = PresentFile(config.state_dir).read()
+    node = present.node if present is not None else socket.gethostname()
     try:
-        facts = asyncio.run(_journal_facts(config, journal))
+        facts = asyncio.run(_journal_facts(config, journal_path, config.journal.node or node))
     except sqlite3.DatabaseError as error:
         raise StateDirError(f"cannot read the journal {journal_path}: {error}") from None
-    present = PresentFile(config.state_dir).read()
     daemon = _daemon_status(present, state)
     running = present if daemon.running and present is not None else None
     last_seen = present if present is not None and not daemon.running else None
@@ -158,7 +159,8 @@ def _read(config: Config, state: StateDir, now: float) -> Status:
     return Status(daemon, targets)
 
 
-async def _journal_facts(config: Config, journal: Journal | None) -> dict[str, _JournalFacts]:
+async def _journal_facts(config: Config, journal_path: Path, node: str) -> dict[str, _JournalFacts]:
+    journal = await open_for_reading(config.journal, sqlite_path=journal_path, node=node)
     if journal is None:
         return {target.name: _JournalFacts(TargetCounts(), [], None) for target in config.targets}
     facts = {}

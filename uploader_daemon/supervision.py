@@ -80,6 +80,7 @@ class Supervision:
         self._notifier = notifier
         self._services = services
         self._journal_path = journal_path
+        self._journal: Journal | None = None  # known from seed() on
         self._recorders = {
             target.name: TargetRecorder(clock, _credential_steps(target)) for target in config.targets
         }
@@ -135,6 +136,7 @@ class Supervision:
 
     async def seed(self, journal: Journal) -> None:
         """The last delivery each target's journal knows of (a gauge is true after a restart too)."""
+        self._journal = journal
         for name, recorder in self._recorders.items():
             try:
                 last = await journal.records(name, (FileState.DONE,), limit=1)
@@ -215,7 +217,10 @@ class Supervision:
             if target.name not in watching
         ]
         if self._ready:
-            journal = writable_problem(self._journal_path)
+            if self._journal is not None and self._config.journal.backend != "sqlite":
+                journal = self._journal.unreachable()
+            else:
+                journal = writable_problem(self._journal_path)
             if journal is not None:
                 problems.append(f"journal: {journal}")
         elif not problems:

@@ -8,6 +8,7 @@ keep the behaviour.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
 import sqlite3
 import time
@@ -242,6 +243,8 @@ class FlakyJournal:
 
     def __getattr__(self, name: str) -> Any:
         method = getattr(self._journal, name)
+        if not inspect.iscoroutinefunction(method):
+            return method  # properties and the sync questions (holds, lease_watch) never fail
 
         async def call(*arguments: Any, **options: Any) -> Any:
             if self.failures.get(name, 0) > 0:

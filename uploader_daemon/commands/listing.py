@@ -3,6 +3,8 @@
 Safe while the daemon runs: SQLite readers in WAL mode never block its writes. Started
 as root, the journal is read as the state directory's owner, so the ``-wal``/``-shm``
 files a reader may create never end up owned by root (which would lock the daemon out).
+With the shared PostgreSQL journal it lists the whole group's files; NODE says which
+daemon holds (or last held) each.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import asyncio
 import contextlib
 import json
 import os
+import socket
 import sqlite3
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
@@ -23,7 +26,8 @@ from rich.table import Table
 from uploader_daemon.clock import iso_utc
 from uploader_daemon.config.schema import Config
 from uploader_daemon.errors import StateDirError
-from uploader_daemon.journal import FileRecord, FileState, SqliteJournal
+from uploader_daemon.journal import FileRecord, FileState
+from uploader_daemon.journal.opening import open_for_reading
 from uploader_daemon.state import StateDir
 
 # What an admin asks for, in the journal's states: "delivered" is sent, whether or not
@@ -65,18 +69,16 @@ class Row:
 
 def read_rows(config: Config, target: str | None, states: Sequence[str], limit: int | None) -> list[Row]:
     """The newest rows first. Raises :class:`StateDirError` when the journal cannot be read."""
-    if config.journal.backend != "sqlite":
-        raise StateDirError(
-            f"list reads the sqlite journal in state_dir; this config uses the {config.journal.backend} "
-            "journal"
-        )
     path = StateDir(config.state_dir).journal_path
+    wanted = tuple(state for name in states for state in STATES[name])
+    if config.journal.backend == "postgresql":
+        # Nothing of the state_dir is touched: the rows are the group's, in the database.
+        return [_row(record) for record in asyncio.run(_records(config, path, target, wanted, limit))]
     if not config.state_dir.exists() or not path.exists():
         return []  # the daemon has not run with this state_dir yet: nothing to show
-    wanted = tuple(state for name in states for state in STATES[name])
     with _as_owner_of(config.state_dir):
         try:
-            records = asyncio.run(_records(path, target, wanted, limit))
+            records = asyncio.run(_records(config, path, target, wanted, limit))
         except PermissionError:
             raise StateDirError(
                 f"cannot read {path}; run list as root or as the daemon's user "
@@ -142,9 +144,12 @@ def _state_text(row: Row) -> str:
 
 
 async def _records(
-    path: Path, target: str | None, states: tuple[FileState, ...], limit: int | None
+    config: Config, path: Path, target: str | None, states: tuple[FileState, ...], limit: int | None
 ) -> list[FileRecord]:
-    journal = SqliteJournal.open(path)
+    node = config.journal.node or socket.gethostname()
+    journal = await open_for_reading(config.journal, sqlite_path=path, node=node)
+    if journal is None:
+        return []
     try:
         return await journal.records(target, states, limit)
     finally:

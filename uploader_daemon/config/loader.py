@@ -32,14 +32,19 @@ def default_config_path(environ: Mapping[str, str]) -> Path:
 
 
 def load_config(
-    path: Path, environ: Mapping[str, str] | None = None, *, resolve_secrets: bool = True
+    path: Path,
+    environ: Mapping[str, str] | None = None,
+    *,
+    resolve_secrets: bool = True,
+    check_folders: bool | None = None,
 ) -> Config:
     """Read, parse and validate the config file at ``path``.
 
     ``environ`` supplies ``{env: NAME}`` secrets and ``$CREDENTIALS_DIRECTORY``
     (default: the process environment); with ``resolve_secrets=False`` secrets are left
     unread and the drop folders are not checked (``status`` must work while a mount is
-    down). Raises :class:`ConfigError`.
+    down); ``check_folders`` (default: as ``resolve_secrets``) checks the drop folders.
+    Raises :class:`ConfigError`.
     """
     source = str(path)
     try:
@@ -60,7 +65,11 @@ def load_config(
         raise ConfigError(source, [f"the config file cannot be read: {error.strerror or error}"]) from None
     environment = os.environ if environ is None else environ
     return parse_config(
-        text, source, environment, resolve_secrets=resolve_secrets, check_folders=resolve_secrets
+        text,
+        source,
+        environment,
+        resolve_secrets=resolve_secrets,
+        check_folders=resolve_secrets if check_folders is None else check_folders,
     )
 
 

@@ -23,7 +23,10 @@ from __future__ import annotations
 import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    import asyncio
 
 from uploader_daemon.errors import UploaderError
 from uploader_daemon.identity import FileIdentity
@@ -201,6 +204,31 @@ class Journal(Protocol):
 
     async def forget(self, claim: Claim, now: float) -> None:
         """The file left the drop folder before it was delivered: ``gone``."""
+
+    async def delivered_before(self, record: FileRecord) -> bool:
+        """Whether this very version of the file was delivered and filed away by another row.
+
+        A scan that listed a file just before it was archived admits it again; its
+        vanishing is then expected, not news.
+        """
+
+    # --- shared journals: what a group of daemons coordinates through ---------------
+
+    @property
+    def takeover_every(self) -> float | None:
+        """How often to look for work other nodes left (:meth:`claimable`); None: never."""
+
+    async def claimable(self, target: str) -> list[tuple[int, str]]:
+        """``(record_id, path)`` of rows that any daemon may claim now."""
+
+    def holds(self, claim: Claim) -> bool:
+        """Whether the claim is alive by this daemon's own clock (checked before a move)."""
+
+    def lease_watch(self, claim: Claim) -> asyncio.Event | None:
+        """An event set when the claim is lost, for a backend whose claims can be lost."""
+
+    def unreachable(self) -> str | None:
+        """Why a journal behind a network cannot be used now (``/readyz``), or ``None``."""
 
     async def release_claims(self, owner: str, now: float) -> int:
         """Return every row ``owner`` held (uploading) to pending; returns how many.

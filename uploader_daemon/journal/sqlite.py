@@ -311,6 +311,36 @@ class SqliteJournal:
         self._update(claim, now, state=FileState.GONE, disposition=Disposition.VANISHED, owner=None)
         await self._durable()
 
+    async def delivered_before(self, record: FileRecord) -> bool:
+        rows = self._db.execute(
+            "SELECT inode FROM files WHERE target=? AND path=? AND size=? AND mtime_ns=? AND id<>? "
+            "AND state='done' AND disposition IN ('archived', 'deleted')",
+            (record.target, _stored(record.path), record.size, record.mtime_ns, record.id),
+        ).fetchall()
+        identity = record.identity
+        return any(
+            FileIdentity(identity.size, identity.mtime_ns, row["inode"]).same_version(identity)
+            for row in rows
+        )
+
+    # --- one daemon: nothing to share --------------------------------------------------
+
+    @property
+    def takeover_every(self) -> float | None:
+        return None  # no other daemon leaves work behind: an idle daemon stays idle
+
+    async def claimable(self, target: str) -> list[tuple[int, str]]:
+        return []
+
+    def holds(self, claim: Claim) -> bool:
+        return True  # the state_dir's lock: nobody else can take a claim over
+
+    def lease_watch(self, claim: Claim) -> asyncio.Event | None:
+        return None
+
+    def unreachable(self) -> None:
+        return None  # a file on local disk: supervision checks that it is writable
+
     # --- reading ---------------------------------------------------------------------
 
     async def unfinished(self, target: str) -> list[FileRecord]:

@@ -19,6 +19,7 @@ import stat
 
 from uploader_daemon.clock import Clock
 from uploader_daemon.config.schema import TargetSettings
+from uploader_daemon.errors import JournalUnavailableError
 from uploader_daemon.identity import FileIdentity
 from uploader_daemon.journal import Journal
 from uploader_daemon.logs import get_logger
@@ -30,6 +31,8 @@ log = get_logger(__name__)
 _REFUSED_MEMORY = 100_000
 # How many ready files are admitted together (one journal commit).
 _ADMISSION_BATCH = 256
+# A shared journal that does not answer: the files are offered again after this long.
+_JOURNAL_RETRY_SECONDS = 2.0
 
 
 class Intake:
@@ -73,6 +76,18 @@ class Intake:
             self._log.info("unfinished_files_resumed", files=len(records))
         return len(records)
 
+    async def take_over(self) -> int:
+        """Queue the rows of a shared journal that any daemon may claim now (work another
+        daemon left: its backoff is over, or its lease ran out); returns how many."""
+        try:
+            claimable = await self._journal.claimable(self._target.name)
+        except JournalUnavailableError:
+            return 0  # the journal logs its outage once
+        queued = sum(1 for record_id, path in claimable if self._schedule.put(path, record_id))
+        if queued:
+            self._log.debug("claimable_files_queued", files=queued)
+        return queued
+
     async def stop(self) -> None:
         """Admit nothing more (what is not admitted yet is found again by the next start's scan)."""
         self._stopped = True
@@ -103,6 +118,10 @@ class Intake:
         identity = FileIdentity.of(info)
         try:
             record = await self._journal.admit(self._target.name, relative_path, identity, self._clock.now())
+        except JournalUnavailableError:
+            # Logged once by the journal; the file is offered again soon, not at the next rescan.
+            asyncio.get_running_loop().call_later(_JOURNAL_RETRY_SECONDS, self.offer, relative_path)
+            return
         except Exception as error:  # a full journal disk: the next rescan offers it again
             self._log.error(
                 "admission_failed",

@@ -38,7 +38,7 @@ from uploader_daemon.errors import (
 )
 from uploader_daemon.file_moves import CopyNeededError, FileChangedError, SidecarError, archive, fail
 from uploader_daemon.identity import FileIdentity
-from uploader_daemon.journal import Claim, Disposition, Journal
+from uploader_daemon.journal import Claim, Disposition, Journal, LeaseLostError
 from uploader_daemon.logs import get_logger
 from uploader_daemon.monitor import QUIET, TargetEvents
 from uploader_daemon.redaction import Redactor
@@ -107,6 +107,8 @@ class Outcomes:
         presence = _presence(path, delivered)
         disposition = Disposition.KEPT
         destination: str | None = None
+        if action.action != "keep":
+            self._still_held(claim)
         try:
             if presence is Presence.VANISHED and (
                 archived := _archived_earlier(action.archive_dir, record.path, delivered)
@@ -219,6 +221,7 @@ class Outcomes:
         disposition = Disposition.VANISHED if presence is Presence.VANISHED else Disposition.REPLACED
         destination: str | None = None
         if presence is Presence.SAME:
+            self._still_held(claim)
             disposition, destination = await self._park(claim, error, attempts, message, now, version)
         await self._journal.fail(
             claim, message, error.status, disposition, destination, now, attempts=attempts
@@ -296,7 +299,18 @@ class Outcomes:
     async def forget(self, claim: Claim, event: str, reason: str) -> None:
         """The file cannot be delivered from where it was (removed, a symlink now, ...)."""
         await self._journal.forget(claim, self._clock.now())
+        if await self._journal.delivered_before(claim.record):
+            # Found by a scan just before it was filed away (here or by another daemon).
+            self._log.debug("file_admitted_after_delivery", file=claim.record.path)
+            return
         self._log.warning(event, file=claim.record.path, reason=reason)
+
+    def _still_held(self, claim: Claim) -> None:
+        """Before a file is moved or deleted: a claim another daemon may have taken stops here."""
+        if not self._journal.holds(claim):
+            raise LeaseLostError(
+                f"the lease on {claim.record.path} is about to run out or was lost; the file is not moved"
+            )
 
     def _folder_hint(self, error: OSError, other: Path | None) -> str:
         folders = f"{self._target.folder}" + (f" and {other}" if other else "")

@@ -27,8 +27,13 @@ from typing import Protocol
 from uploader_daemon.backoff import backoff_delay
 from uploader_daemon.clock import Clock
 from uploader_daemon.config.schema import TargetSettings
-from uploader_daemon.errors import ApiUnavailableError, LoginFailedError, TransientDeliveryError
-from uploader_daemon.journal import Claim, FileState, Journal
+from uploader_daemon.errors import (
+    ApiUnavailableError,
+    JournalUnavailableError,
+    LoginFailedError,
+    TransientDeliveryError,
+)
+from uploader_daemon.journal import Claim, FileState, Journal, LeaseLostError
 from uploader_daemon.logs import get_logger
 from uploader_daemon.pool.execution import Attempt, Ending, Execution
 from uploader_daemon.pool.gate import ApiGate
@@ -37,6 +42,9 @@ from uploader_daemon.pool.schedule import Schedule, ScheduleClosedError
 
 log = get_logger(__name__)
 
+# While a shared journal's database does not answer, a file is tried again this often
+# (the journal logs the outage once; a claim it held is given up at its lease deadline).
+_JOURNAL_RETRY_SECONDS = 2.0
 _NO_REQUEST = frozenset(
     {Ending.CHANGED_BEFORE, Ending.UNREADABLE, Ending.VANISHED, Ending.SYMLINK, Ending.NOT_REGULAR}
 )
@@ -156,6 +164,18 @@ class WorkerPool:
                     with contextlib.suppress(Exception):
                         await self._journal.release(claim, self._clock.now())
                 raise  # the work stays attached to this task, so _worker_ended can requeue it
+            except LeaseLostError as error:
+                # A shared journal gave the file to another daemon: it delivers and files it.
+                self._log.warning(
+                    "claim_lost",
+                    file=path,
+                    reason=str(error),
+                    action="another daemon of the group took it over; this one leaves the file and its "
+                    "journal row alone",
+                )
+                self._schedule.done(path)
+            except JournalUnavailableError:
+                self._schedule.later(path, record_id, _JOURNAL_RETRY_SECONDS)
             except Exception as error:  # a bug, a full disk: the worker and the file survive
                 self._log.error("worker_error", error=str(error), error_type=type(error).__name__)
                 self._log.debug("worker_traceback", exc_info=True)
@@ -163,6 +183,26 @@ class WorkerPool:
             self._workers[current] = None
 
     async def _process(self, claim: Claim) -> None:
+        """Work on a claim; with a shared journal, stop the moment the claim is lost."""
+        lost = self._journal.lease_watch(claim)
+        if lost is None:
+            await self._process_claimed(claim)
+            return
+        work = asyncio.ensure_future(self._process_claimed(claim))
+        watch = asyncio.ensure_future(lost.wait())
+        try:
+            await asyncio.wait((work, watch), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            watch.cancel()
+            if not work.done():
+                work.cancel()
+                # The cut-off delivery must not write anything more (its claim is gone).
+                await asyncio.gather(work, return_exceptions=True)
+        if work.cancelled():
+            raise LeaseLostError(f"the lease on {claim.record.path} ran out before it was renewed")
+        work.result()
+
+    async def _process_claimed(self, claim: Claim) -> None:
         record = claim.record
         if record.state is FileState.DELIVERED:
             await self._file_away(claim)
