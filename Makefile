@@ -41,8 +41,9 @@ coverage: $(VENV)/.lint-installed
 	$(BIN)/coverage report --skip-covered --sort=cover \
 		--omit='uploader_daemon/emulator/*,uploader_daemon/cli.py,uploader_daemon/demo.py,uploader_daemon/__main__.py,uploader_daemon/daemon.py'
 
+# The benchmarks of issue 10 at full size (a few minutes); bench/run.py --help for a quick run.
 bench: $(STAMP)
-	$(BIN)/python bench/throughput.py
+	$(BIN)/python bench/run.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info
