@@ -1,8 +1,7 @@
 """The claim-based journal interface: claims, owners, releases, dispositions, schema 3.
 
-Each test runs against every backend the ``journal`` fixture offers (SQLite in memory
-here; the shared backend adds itself where it is installed), so they are the contract a
-journal implements.
+Each test runs against every backend (the ``run`` fixture: SQLite in memory, and the
+shared PostgreSQL journal on a real server), so they are the contract a journal implements.
 """
 
 from __future__ import annotations
@@ -11,25 +10,44 @@ import asyncio
 import sqlite3
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
+
+import pytest
 
 from uploader_daemon.identity import FileIdentity
 from uploader_daemon.journal import Disposition, FileState, Journal, SqliteJournal
 
 T0 = 1_700_000_000.0
 A = FileIdentity(size=10, mtime_ns=1, inode=100)
-T = TypeVar("T")
 
 
-def run(scenario: Callable[[Journal], Awaitable[T]]) -> T:
-    async def main() -> T:
-        journal = SqliteJournal.open(":memory:")
-        try:
-            return await scenario(journal)
-        finally:
-            await journal.close()
+Scenario = Callable[[Journal], Awaitable[Any]]
 
-    return asyncio.run(main())
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def run(request: pytest.FixtureRequest) -> Callable[[Scenario], Any]:
+    """``run(scenario)``: the scenario against a fresh journal of this backend, its result."""
+    if request.param == "postgresql":
+        dsn = request.getfixturevalue("postgres_dsn")
+
+    async def opened() -> Journal:
+        if request.param == "sqlite":
+            return SqliteJournal.open(":memory:")
+        from uploader_daemon.journal.postgres import PostgresJournal
+
+        return await PostgresJournal.open(dsn, node="node-a", lease=10.0, connections=4)
+
+    def run_scenario(scenario: Scenario) -> Any:
+        async def main() -> Any:
+            journal = await opened()
+            try:
+                return await scenario(journal)
+            finally:
+                await journal.close()
+
+        return asyncio.run(main())
+
+    return run_scenario
 
 
 async def claimed(journal: Journal, path: str = "a.csv", owner: str = "node-a") -> Any:
@@ -40,7 +58,7 @@ async def claimed(journal: Journal, path: str = "a.csv", owner: str = "node-a") 
     return claim
 
 
-def test_a_claim_marks_the_row_uploading_for_its_owner() -> None:
+def test_a_claim_marks_the_row_uploading_for_its_owner(run: Callable[[Scenario], Any]) -> None:
     """Claiming a pending row makes it this owner's, in flight."""
 
     async def scenario(journal: Journal) -> tuple[Any, ...]:
@@ -51,7 +69,7 @@ def test_a_claim_marks_the_row_uploading_for_its_owner() -> None:
     assert (FileState.UPLOADING, "node-a", "node-a") == run(scenario)
 
 
-def test_a_row_another_owner_holds_cannot_be_claimed() -> None:
+def test_a_row_another_owner_holds_cannot_be_claimed(run: Callable[[Scenario], Any]) -> None:
     """Two daemons never work on one file at once."""
 
     async def scenario(journal: Journal) -> object:
@@ -61,7 +79,7 @@ def test_a_row_another_owner_holds_cannot_be_claimed() -> None:
     assert run(scenario) is None
 
 
-def test_a_finished_row_cannot_be_claimed() -> None:
+def test_a_finished_row_cannot_be_claimed(run: Callable[[Scenario], Any]) -> None:
     """A done or failed row is history."""
 
     async def scenario(journal: Journal) -> list[object]:
@@ -77,7 +95,7 @@ def test_a_finished_row_cannot_be_claimed() -> None:
     assert [None, None] == run(scenario)
 
 
-def test_an_owner_may_claim_its_own_row_again_after_its_bookkeeping_failed() -> None:
+def test_an_owner_may_claim_its_own_row_again_after_its_bookkeeping_failed(run: Callable[[Scenario], Any]) -> None:
     """A release that could not be written leaves the row uploading; its owner takes it up again."""
 
     async def scenario(journal: Journal) -> bool:
@@ -88,7 +106,7 @@ def test_an_owner_may_claim_its_own_row_again_after_its_bookkeeping_failed() -> 
     assert run(scenario)
 
 
-def test_a_delivered_row_is_claimed_to_be_filed_away_without_going_back_in_flight() -> None:
+def test_a_delivered_row_is_claimed_to_be_filed_away_without_going_back_in_flight(run: Callable[[Scenario], Any]) -> None:
     """After a restart the archive move of a delivered file is done under a claim, never resent."""
 
     async def scenario(journal: Journal) -> tuple[Any, ...]:
@@ -102,7 +120,7 @@ def test_a_delivered_row_is_claimed_to_be_filed_away_without_going_back_in_fligh
     assert (FileState.DELIVERED, FileState.DELIVERED) == run(scenario)
 
 
-def test_start_up_releases_only_this_owners_claims() -> None:
+def test_start_up_releases_only_this_owners_claims(run: Callable[[Scenario], Any]) -> None:
     """Another daemon's files in flight are not taken from it."""
 
     async def scenario(journal: Journal) -> tuple[Any, ...]:
@@ -118,7 +136,7 @@ def test_start_up_releases_only_this_owners_claims() -> None:
     assert (1, FileState.PENDING, FileState.UPLOADING) == run(scenario)
 
 
-def test_a_release_counts_an_attempt_only_for_the_files_own_failure() -> None:
+def test_a_release_counts_an_attempt_only_for_the_files_own_failure(run: Callable[[Scenario], Any]) -> None:
     """A login wait or an outage is not the file's fault; a 500 for this file is."""
 
     async def scenario(journal: Journal) -> tuple[int, int, int | None, float | None]:
@@ -139,7 +157,7 @@ def test_a_release_counts_an_attempt_only_for_the_files_own_failure() -> None:
     assert (0, 1, T0 + 3) == run(scenario)
 
 
-def test_a_release_never_turns_a_delivered_file_back_to_pending() -> None:
+def test_a_release_never_turns_a_delivered_file_back_to_pending(run: Callable[[Scenario], Any]) -> None:
     """Once every step succeeded the file is never sent again, whatever a shutdown does."""
 
     async def scenario(journal: Journal) -> FileState:
@@ -151,7 +169,7 @@ def test_a_release_never_turns_a_delivered_file_back_to_pending() -> None:
     assert FileState.DELIVERED == run(scenario)
 
 
-def test_the_disposition_says_what_became_of_the_file_and_destination_only_where() -> None:
+def test_the_disposition_says_what_became_of_the_file_and_destination_only_where(run: Callable[[Scenario], Any]) -> None:
     """Archived rows have a path; deleted and kept rows have none; no sentinel strings."""
 
     async def scenario(journal: Journal) -> list[tuple[Any, ...]]:
@@ -174,7 +192,7 @@ def test_the_disposition_says_what_became_of_the_file_and_destination_only_where
     ] == run(scenario)
 
 
-def test_a_kept_version_is_settled_but_a_new_inode_with_the_same_size_and_mtime_is_not() -> None:
+def test_a_kept_version_is_settled_but_a_new_inode_with_the_same_size_and_mtime_is_not(run: Callable[[Scenario], Any]) -> None:
     """The inode tells a replacement from the kept file, even with identical size and mtime."""
 
     async def scenario(journal: Journal) -> tuple[bool, bool, bool]:
@@ -188,7 +206,7 @@ def test_a_kept_version_is_settled_but_a_new_inode_with_the_same_size_and_mtime_
     assert (True, False, True) == run(scenario)
 
 
-def test_each_version_of_a_file_gets_its_own_idempotency_key_kept_across_attempts() -> None:
+def test_each_version_of_a_file_gets_its_own_idempotency_key_kept_across_attempts(run: Callable[[Scenario], Any]) -> None:
     """The key is stable while a version is retried and new for a new version or a new file."""
 
     async def scenario(journal: Journal) -> tuple[bool, bool, bool]:
@@ -210,7 +228,7 @@ def test_each_version_of_a_file_gets_its_own_idempotency_key_kept_across_attempt
     assert (True, True, True) == run(scenario)
 
 
-def test_records_lists_rows_newest_first_filtered_by_target_and_state() -> None:
+def test_records_lists_rows_newest_first_filtered_by_target_and_state(run: Callable[[Scenario], Any]) -> None:
     """What `list` reads."""
 
     async def scenario(journal: Journal) -> list[str]:

@@ -309,8 +309,13 @@ class PostgresJournal:
         elif error is not None:
             assignments += ", last_error = %(error)s"
         rows = await self._fenced(
-            claim, f"{assignments}", values, extra="AND state IN ('pending', 'uploading') RETURNING *"
+            claim, assignments, values, extra="AND state IN ('pending', 'uploading') RETURNING *", lost=False
         )
+        if not rows:
+            # Delivered: never pending again; only the claim is given back (for filing away).
+            rows = await self._fenced(
+                claim, "owner = NULL, lease_expires = NULL", {}, extra="AND state = 'delivered' RETURNING *"
+            )
         return _record(rows[0])
 
     async def finish(
@@ -449,15 +454,28 @@ class PostgresJournal:
         )
 
     async def _fenced(
-        self, claim: Claim, assignments: str, values: dict[str, Any], *, extra: str = "", final: bool = True
+        self,
+        claim: Claim,
+        assignments: str,
+        values: dict[str, Any],
+        *,
+        extra: str = "",
+        final: bool = True,
+        lost: bool = True,
     ) -> list[DictRow]:
-        """Write under the claim: matches only while ``owner`` and ``fence`` are still this claim's."""
+        """Write under the claim: matches only while ``owner`` and ``fence`` are still this claim's.
+
+        No row matched means the claim was lost, unless ``lost`` is false (``extra`` narrowed
+        the write and the caller has another one to try).
+        """
         rows = await self._query(
             f"UPDATE uploader_files SET {assignments} "  # noqa: S608 -- the names are ours
             f"WHERE id = %(claim_id)s AND owner = %(claim_owner)s AND fence = %(claim_fence)s "
             f"{extra or 'RETURNING id'}",
             {**values, "claim_id": claim.record_id, "claim_owner": claim.owner, "claim_fence": claim.fence},
         )
+        if not rows and not lost:
+            return rows
         if not rows:
             self._leases.lose(claim.record_id, claim.fence)
             raise LeaseLostError(f"the claim on {claim.record.path} (fence {claim.fence}) was taken over")
