@@ -234,6 +234,8 @@ class ConfigYaml:
     extra: Snippet | None = None
     log: Snippet | None = None
     shutdown_grace: str | None = None
+    # The top-level ``journal`` mapping (backend, dsn, lease, node); None: the SQLite default.
+    journal: Snippet | None = None
     # Whole target mappings after the first (another builder's ``target()``, say).
     extra_targets: Sequence[Snippet] = ()
 
@@ -266,6 +268,7 @@ class ConfigYaml:
                 "state_dir": self.folders["state"],
                 "log": None if self.log is None else mapping_of(self.log),
                 "shutdown_grace": self.shutdown_grace,
+                "journal": None if self.journal is None else mapping_of(self.journal),
                 "targets": [self.target(), *(mapping_of(target) for target in self.extra_targets)],
             }
         )

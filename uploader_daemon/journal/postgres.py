@@ -502,7 +502,8 @@ class PostgresJournal:
                     self._log.warning(
                         "claim_expired",
                         record=record_id,
-                        reason="its lease was not renewed in time (the journal did not answer)",
+                        reason="its lease ran out before a renewal got through (the journal did not "
+                        "answer in time, or this process was paused)",
                     )
                 if self._leases:
                     await self._renew()
