@@ -95,7 +95,9 @@ def test_a_finished_row_cannot_be_claimed(run: Callable[[Scenario], Any]) -> Non
     assert [None, None] == run(scenario)
 
 
-def test_an_owner_may_claim_its_own_row_again_after_its_bookkeeping_failed(run: Callable[[Scenario], Any]) -> None:
+def test_an_owner_may_claim_its_own_row_again_after_its_bookkeeping_failed(
+    run: Callable[[Scenario], Any],
+) -> None:
     """A release that could not be written leaves the row uploading; its owner takes it up again."""
 
     async def scenario(journal: Journal) -> bool:
@@ -106,7 +108,9 @@ def test_an_owner_may_claim_its_own_row_again_after_its_bookkeeping_failed(run: 
     assert run(scenario)
 
 
-def test_a_delivered_row_is_claimed_to_be_filed_away_without_going_back_in_flight(run: Callable[[Scenario], Any]) -> None:
+def test_a_delivered_row_is_claimed_to_be_filed_away_without_going_back_in_flight(
+    run: Callable[[Scenario], Any],
+) -> None:
     """After a restart the archive move of a delivered file is done under a claim, never resent."""
 
     async def scenario(journal: Journal) -> tuple[Any, ...]:
@@ -169,7 +173,9 @@ def test_a_release_never_turns_a_delivered_file_back_to_pending(run: Callable[[S
     assert FileState.DELIVERED == run(scenario)
 
 
-def test_the_disposition_says_what_became_of_the_file_and_destination_only_where(run: Callable[[Scenario], Any]) -> None:
+def test_the_disposition_says_what_became_of_the_file_and_destination_only_where(
+    run: Callable[[Scenario], Any],
+) -> None:
     """Archived rows have a path; deleted and kept rows have none; no sentinel strings."""
 
     async def scenario(journal: Journal) -> list[tuple[Any, ...]]:
@@ -192,7 +198,9 @@ def test_the_disposition_says_what_became_of_the_file_and_destination_only_where
     ] == run(scenario)
 
 
-def test_a_kept_version_is_settled_but_a_new_inode_with_the_same_size_and_mtime_is_not(run: Callable[[Scenario], Any]) -> None:
+def test_a_kept_version_is_settled_but_a_new_inode_with_the_same_size_and_mtime_is_not(
+    run: Callable[[Scenario], Any],
+) -> None:
     """The inode tells a replacement from the kept file, even with identical size and mtime."""
 
     async def scenario(journal: Journal) -> tuple[bool, bool, bool]:
@@ -206,7 +214,9 @@ def test_a_kept_version_is_settled_but_a_new_inode_with_the_same_size_and_mtime_
     assert (True, False, True) == run(scenario)
 
 
-def test_each_version_of_a_file_gets_its_own_idempotency_key_kept_across_attempts(run: Callable[[Scenario], Any]) -> None:
+def test_each_version_of_a_file_gets_its_own_idempotency_key_kept_across_attempts(
+    run: Callable[[Scenario], Any],
+) -> None:
     """The key is stable while a version is retried and new for a new version or a new file."""
 
     async def scenario(journal: Journal) -> tuple[bool, bool, bool]:

@@ -64,6 +64,8 @@ _TAKEABLE = (
 )
 # How many takeable rows one look-up returns (the next one finds the rest).
 _TAKEOVER_BATCH = 1000
+# How long one chain of reconnection attempts lasts (see ``open``).
+_RECONNECT_CHAIN = 5.0
 
 Connection = psycopg.AsyncConnection[DictRow]
 
@@ -110,8 +112,12 @@ class PostgresJournal:
             max_size=max(2, connections),
             open=False,
             timeout=timeout,
-            # Keep trying to reconnect for as long as the daemon runs: the database comes back.
-            reconnect_timeout=365 * 86400.0,
+            # A chain of reconnection attempts backs off 1 s, 2 s, 4 s, ... without bound, so one
+            # that ran through a long outage would wait about as long again once the database is
+            # back. Each chain gives up after a few seconds instead (at most 2 s between attempts),
+            # and the next statement that finds no connection starts a fresh one: the pool keeps
+            # trying for as long as the daemon runs, and reconnects soon after the database returns.
+            reconnect_timeout=_RECONNECT_CHAIN,
             kwargs={"autocommit": True, "row_factory": dict_row, "connect_timeout": round(timeout)},
             configure=_configure(timeout),
             name=f"uploader-journal-{node}",
