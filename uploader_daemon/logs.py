@@ -38,6 +38,10 @@ _CHATTY_LIBRARIES = ("apscheduler", "watchdog", "pycognito")
 # whole response bodies (botocore's Cognito answer with the refresh token, before the
 # daemon has it to register). Our own ``http_request`` debug event says what they would.
 _SECRET_ECHOING_LIBRARIES = ("httpx", "httpcore", "botocore", "boto3", "urllib3", "s3transfer")
+# Libraries whose warnings repeat what one of our events says once: psycopg's pool warns
+# at every reconnection attempt while the database is down (``journal_unreachable`` and
+# ``journal_reachable`` say it once each). Their warnings show at debug.
+_OUTAGE_REPEATING_LIBRARIES = ("psycopg",)
 
 # sd-daemon(3) priorities by structlog method name / stdlib level.
 _PRIORITIES = {
@@ -157,6 +161,8 @@ def configure_logging(
         logging.getLogger(name).setLevel(chatty_level)
     for name in _SECRET_ECHOING_LIBRARIES:
         logging.getLogger(name).setLevel(logging.WARNING)
+    for name in _OUTAGE_REPEATING_LIBRARIES:
+        logging.getLogger(name).setLevel(logging.DEBUG if level == "debug" else logging.ERROR)
     logging.captureWarnings(True)
 
 

@@ -259,3 +259,9 @@ def test_the_database_restarting_under_a_running_pair_loses_no_file(
     assert set(names) == set(received_names(emulator))
     assert first.process.poll() is None
     assert second.process.poll() is None
+    for node in (first, second):
+        events = log_events(node.output)
+        # Told once each way, by our own events; not by the driver at every reconnection.
+        assert 1 == sum(event["event"] == "journal_unreachable" for event in events)
+        assert 1 == sum(event["event"] == "journal_reachable" for event in events)
+        assert [] == [event for event in events if str(event.get("logger", "")).startswith("psycopg")]
