@@ -52,11 +52,11 @@ state_dir: {root}/state
 log: {{level: info, format: json}}
 targets:
   - name: bench
-    folder: {root}/drop
+    folder: {drop}
     settle: {settle}
     concurrency: {concurrency}
-    after_upload: {{action: archive, archive_dir: {root}/sent}}
-    failed_dir: {root}/failed
+    after_upload: {{action: archive, archive_dir: {sent}}}
+    failed_dir: {failed}
     api: {{base_url: "{url}", timeout: {api_timeout}}}
     auth:
       type: token
@@ -183,19 +183,29 @@ def send_with_bare_client(url: str, files: Sequence[Path], concurrency: int) -> 
 
 @dataclass(frozen=True)
 class DaemonFolders:
-    """The folders of one daemon run under ``root``; ``drop`` exists so it can be filled first."""
+    """The folders of one daemon run under ``root``; ``drop`` exists so it can be filled first.
+
+    With ``shared``, the drop folder, the archive and ``failed_dir`` are under ``shared``
+    instead, for several daemons on one folder (each keeps its state and log in its ``root``).
+    """
 
     root: Path
+    shared: Path | None = None
 
     @property
     def drop(self) -> Path:
         """The drop folder the daemon watches."""
-        return self.root / "drop"
+        return (self.shared or self.root) / "drop"
 
     @property
     def sent(self) -> Path:
         """Where the daemon archives what it delivered."""
-        return self.root / "sent"
+        return (self.shared or self.root) / "sent"
+
+    @property
+    def failed(self) -> Path:
+        """The daemon's ``failed_dir``."""
+        return (self.shared or self.root) / "failed"
 
     @property
     def log(self) -> Path:
@@ -203,10 +213,11 @@ class DaemonFolders:
         return self.root / "daemon.log"
 
     @classmethod
-    def create(cls, root: Path) -> DaemonFolders:
-        """Make ``root`` and its drop folder; return them."""
-        folders = cls(root)
-        folders.drop.mkdir(parents=True)
+    def create(cls, root: Path, shared: Path | None = None) -> DaemonFolders:
+        """Make ``root`` and the drop folder (which another daemon may have made under ``shared``)."""
+        folders = cls(root, shared)
+        folders.root.mkdir(parents=True, exist_ok=True)
+        folders.drop.mkdir(parents=True, exist_ok=shared is not None)
         return folders
 
 
@@ -311,29 +322,32 @@ def running_daemon(
     settle: str = "0s",
     api_timeout: str = "30s",
     python_options: Sequence[str] = (),
+    journal: str | None = None,
 ) -> Iterator[RunningDaemon]:
     """Run ``uploader-daemon run`` on ``folders`` against ``url``; yield it once it logged ``daemon_started``.
 
     Whatever is in ``folders.drop`` before the call is a backlog the daemon finds at
-    start. ``python_options`` go before ``-m`` (e.g. ``-m cProfile -o out.prof``). The
-    daemon is stopped with SIGTERM on the way out.
+    start. ``python_options`` go before ``-m`` (e.g. ``-m cProfile -o out.prof``).
+    ``journal`` is the config's ``journal:`` mapping as YAML (``{backend: postgresql, ...}``);
+    None keeps the SQLite default. The daemon is stopped with SIGTERM on the way out.
 
     Raises:
         RuntimeError: the daemon exited before it started.
     """
     config = folders.root / "config.yaml"
-    config.write_text(
-        _CONFIG.format(
-            root=folders.root,
-            url=url,
-            concurrency=concurrency,
-            settle=settle,
-            api_timeout=api_timeout,
-            user=USER,
-            password=PASSWORD,
-        ),
-        encoding="utf-8",
+    text = _CONFIG.format(
+        root=folders.root,
+        drop=folders.drop,
+        sent=folders.sent,
+        failed=folders.failed,
+        url=url,
+        concurrency=concurrency,
+        settle=settle,
+        api_timeout=api_timeout,
+        user=USER,
+        password=PASSWORD,
     )
+    config.write_text(text if journal is None else f"{text}journal: {journal}\n", encoding="utf-8")
     with folders.log.open("w") as log:
         launched_at = time.time()
         process = subprocess.Popen(

@@ -3,10 +3,12 @@
     .venv/bin/python bench/run.py                      # all of them, full size (make bench)
     .venv/bin/python bench/run.py --only small_files,pickup --files 300
     .venv/bin/python bench/run.py --backlog-files 2000 --large-mib 64 --idle-seconds 3 --json
+    .venv/bin/python bench/run.py --only group         # the PostgreSQL group of issue 11
 
 Benchmarks, in the order they run (each module's docstring says what is timed on each
-side): small_files, backlog, large_file, pickup, idle. Every peer of one invocation
-sends to the same emulator process; what it stored is deleted between runs.
+side): small_files, backlog, large_file, pickup, idle, group. Every peer of one
+invocation sends to the same emulator process; what it stored is deleted between runs.
+group starts a PostgreSQL server of its own (Debian's binaries; skipped without them).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import backlog, idle, large_file, pickup, small_files
+from bench import backlog, group, idle, large_file, pickup, small_files
 from bench.harness import Server, running_server
 from bench.results import Row, details, table
 
@@ -40,6 +42,17 @@ BENCHMARKS: dict[str, Benchmark] = {
     large_file.NAME: lambda server, work, options: large_file.run(server, work, mebibytes=options.large_mib),
     pickup.NAME: lambda server, work, options: pickup.run(server, work, count=options.pickup_files),
     idle.NAME: lambda server, work, options: idle.run(server, work, seconds=options.idle_seconds),
+    group.NAME: lambda server, work, options: group.run(
+        server,
+        work,
+        rows=options.group_rows,
+        workers=options.group_workers,
+        files=options.group_files,
+        size=options.size,
+        concurrency=options.concurrency,
+        held=options.group_held,
+        failovers=options.group_failovers,
+    ),
 }
 
 
@@ -59,13 +72,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--files", type=_positive, default=2000, help="small files: how many (default %(default)s)"
     )
     parser.add_argument(
-        "--size", type=_positive, default=4096, help="small files: bytes each (default %(default)s)"
+        "--size", type=_positive, default=4096, help="small files and group: bytes each (default %(default)s)"
     )
     parser.add_argument(
         "--concurrency",
         type=_positive,
         default=8,
-        help="small files and backlog, both sides (default %(default)s)",
+        help="small files, backlog and group, both sides (default %(default)s)",
     )
     parser.add_argument(
         "--backlog-files", type=_positive, default=20_000, help="backlog: how many (default %(default)s)"
@@ -81,6 +94,33 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--idle-seconds", type=float, default=20.0, help="idle: how long to watch (default %(default)s)"
+    )
+    parser.add_argument(
+        "--group-rows",
+        type=_positive,
+        default=5000,
+        help="group: journal rows to claim (default %(default)s)",
+    )
+    parser.add_argument(
+        "--group-workers",
+        type=_positive,
+        default=8,
+        help="group: claiming coroutines per node (default %(default)s)",
+    )
+    parser.add_argument(
+        "--group-files",
+        type=_positive,
+        default=1000,
+        help="group: small files per journal and per pair of daemons (default %(default)s)",
+    )
+    parser.add_argument(
+        "--group-held",
+        type=_positive,
+        default=4,
+        help="group: files the killed node holds at kill -9 (default %(default)s)",
+    )
+    parser.add_argument(
+        "--group-failovers", type=_positive, default=3, help="group: kill -9 runs (default %(default)s)"
     )
     parser.add_argument("--json", action="store_true", help="print JSON instead of the table")
     parser.add_argument("--strict", action="store_true", help="exit with 1 when a goal is missed")
