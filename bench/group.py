@@ -59,14 +59,23 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from multiprocessing.synchronize import Barrier
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from bench.harness import PASSWORD, USER, DaemonFolders, RunningDaemon, Server, make_files, running_daemon
+from bench.harness import (
+    PASSWORD,
+    USER,
+    DaemonFolders,
+    RunningDaemon,
+    Server,
+    make_files,
+    running_daemon,
+    wait_until,
+)
 from bench.results import Detail, Goal, Row
 from uploader_daemon.identity import FileIdentity
 from uploader_daemon.journal.model import Disposition
@@ -458,12 +467,12 @@ def _wait_delivered(daemons: Sequence[RunningDaemon], count: int) -> None:
         RuntimeError: a daemon exited first.
         TimeoutError: the deadline passed.
     """
-    _wait_until(
+    wait_until(
         lambda: (
             sum(daemon.log.count("file_delivered") for daemon in daemons) >= count
             or any(daemon.process.poll() is not None for daemon in daemons)
         ),
-        f"{count} files delivered",
+        what=f"{count} files delivered",
     )
     for daemon in daemons:
         if daemon.process.poll() is not None:
@@ -565,7 +574,9 @@ def _failover(server: Server, postgres: PostgresServer, root: Path, held: int) -
         killed_at = time.time()
         node_a.process.send_signal(signal.SIGKILL)
         node_a.process.wait(_DEADLINE)
-        _wait_until(lambda: all((second.sent / name).exists() for name in names), "the held files archived")
+        wait_until(
+            lambda: all((second.sent / name).exists() for name in names), what="the held files archived"
+        )
         node_b.wait_delivered(held)
     failover = max((second.sent / name).stat().st_ctime for name in names) - killed_at
     received = len(server.received_files())
@@ -586,17 +597,3 @@ def _drop(files: Sequence[Path], drop: Path) -> list[Path]:
     for path, target in zip(files, dropped, strict=True):
         path.rename(target)
     return dropped
-
-
-def _wait_until(condition: Callable[[], bool], what: str, deadline: float = _DEADLINE) -> None:
-    """Re-check ``condition`` every 5 ms until it holds.
-
-    Raises:
-        TimeoutError: ``deadline`` seconds passed first.
-    """
-    give_up_at = time.monotonic() + deadline
-    pause = threading.Event()
-    while not condition():
-        if time.monotonic() > give_up_at:
-            raise TimeoutError(f"the group benchmark waited {deadline:.0f} s for {what}")
-        pause.wait(0.005)

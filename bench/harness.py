@@ -121,7 +121,7 @@ def running_server(storage: Path) -> Iterator[Server]:
             text=True,
         )
         try:
-            _wait(lambda: "\n" in log_path.read_text() or process.poll() is not None, 30)
+            wait_until(lambda: "\n" in log_path.read_text() or process.poll() is not None, 30)
             url = log_path.read_text().splitlines()[0].strip()
             if not url.startswith("http://"):
                 raise RuntimeError(f"the emulator did not start: {log_path.read_text()}")
@@ -293,7 +293,7 @@ class RunningDaemon:
             RuntimeError: the daemon exited first.
             TimeoutError: ``deadline`` seconds passed.
         """
-        _wait(lambda: self.log.count(name) > 0 or self.process.poll() is not None, deadline)
+        wait_until(lambda: self.log.count(name) > 0 or self.process.poll() is not None, deadline)
         if self.log.count(name) == 0:
             raise RuntimeError(f"the daemon exited before {name}:\n{self.folders.log.read_text()}")
 
@@ -304,7 +304,7 @@ class RunningDaemon:
             RuntimeError: the daemon exited first.
             TimeoutError: ``deadline`` seconds passed.
         """
-        _wait(
+        wait_until(
             lambda: self.log.count("file_delivered") >= count or self.process.poll() is not None,
             deadline,
             pause,
@@ -428,13 +428,22 @@ def proc_status_kib(pid: int, field: str) -> int:
     raise KeyError(field)
 
 
-def _wait(condition: Callable[[], bool], deadline: float = _DEADLINE, pause: float = 0.005) -> None:
-    """Re-check ``condition`` every ``pause`` seconds until it holds; fail after ``deadline`` seconds."""
+def wait_until(
+    condition: Callable[[], bool],
+    deadline: float = _DEADLINE,
+    pause: float = 0.005,
+    what: str = "the benchmark to finish",
+) -> None:
+    """Re-check ``condition`` every ``pause`` seconds until it holds.
+
+    Raises:
+        TimeoutError: ``deadline`` seconds passed first (the message names ``what``).
+    """
     give_up_at = time.monotonic() + deadline
     pause_event = threading.Event()
     while not condition():
         if time.monotonic() > give_up_at:
-            raise TimeoutError("the benchmark did not finish in time")
+            raise TimeoutError(f"the benchmark waited {deadline:.0f} s for {what}")
         pause_event.wait(pause)
 
 

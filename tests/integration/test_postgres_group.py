@@ -116,11 +116,22 @@ def delivered_by(process: DaemonProcess) -> list[str]:
     return [event["file"] for event in log_events(process.output) if event.get("event") == "file_delivered"]
 
 
-def logged_in(group: Group, emulator: Emulator) -> list[str]:
-    """One file delivered through ``emulator``: its node has a token, so only uploads are left to hang."""
-    names = group.drop_files(1, prefix="warm-up")
+def holding_uploads(
+    group: Group, emulator: Emulator, count: int, prefix: str, *, hang_for: float
+) -> tuple[DaemonProcess, list[str], list[str]]:
+    """node-a, with ``count`` uploads to ``emulator`` in flight and unanswered for ``hang_for`` s.
+
+    A warm-up file goes through first, so node-a has its token and only uploads hang (a
+    hanging server would hang the login too). Returns node-a, the warm-up file's name and
+    the held files' names.
+    """
+    node = group.start("node-a", emulator, concurrency=count)
+    warm_up = group.drop_files(1, prefix="warm-up")
     wait_until(lambda: len(emulator.received) == 1, TIMEOUT, "the warm-up file delivered")
-    return names
+    emulator.hang_all(hang_for)
+    held = group.drop_files(count, prefix=prefix)
+    wait_until(lambda: emulator.counters["hung_requests"] == count, TIMEOUT, "node-a's uploads hanging")
+    return node, warm_up, held
 
 
 def received_names(*emulators: Emulator) -> list[str]:
@@ -166,11 +177,8 @@ def test_a_live_node_keeps_its_files_and_a_killed_one_hands_them_over_within_sec
 ) -> None:
     """Hung uploads stay their node's while it renews; after kill -9 the survivor sends them in < 10 s."""
     hung, working = start_emulator(), start_emulator()
-    first = group.start("node-a", hung, concurrency=3)
-    names = logged_in(group, hung)
-    hung.hang_all(120.0)
-    names += group.drop_files(3, prefix="held")
-    wait_until(lambda: hung.counters["hung_requests"] == 3, TIMEOUT, "node-a's three uploads hanging")
+    first, warm_up, held = holding_uploads(group, hung, 3, "held", hang_for=120.0)
+    names = warm_up + held
     second = group.start("node-b", working)
     more = group.drop_files(5, prefix="free")
     wait_until(lambda: len(working.received) == len(more), TIMEOUT, "node-b delivering the new files")
@@ -183,7 +191,7 @@ def test_a_live_node_keeps_its_files_and_a_killed_one_hands_them_over_within_sec
         "two leases",
     )
     assert sorted(more) == received_names(working)
-    assert names[:1] == received_names(hung)
+    assert warm_up == received_names(hung)
 
     first.process.send_signal(signal.SIGKILL)
     killed_at = time.monotonic()
@@ -193,7 +201,7 @@ def test_a_live_node_keeps_its_files_and_a_killed_one_hands_them_over_within_sec
 
     assert failover < FAILOVER_BOUND, failover
     assert_each_delivered_once(group, names + more, hung, working)
-    assert sorted(names[1:] + more) == sorted(delivered_by(second))
+    assert sorted(held + more) == sorted(delivered_by(second))
 
 
 def test_a_node_paused_past_its_lease_finds_its_claims_gone_and_touches_nothing(
@@ -201,11 +209,8 @@ def test_a_node_paused_past_its_lease_finds_its_claims_gone_and_touches_nothing(
 ) -> None:
     """SIGSTOP past the lease, the other node delivers; after SIGCONT the first neither archives nor parks."""
     slow, working = start_emulator(), start_emulator()
-    first = group.start("node-a", slow, concurrency=2)
-    warm_up = logged_in(group, slow)
-    slow.hang_all(2 * LEASE)  # answers nothing for a while, then closes: a failed attempt once resumed
-    names = group.drop_files(2, prefix="paused")
-    wait_until(lambda: slow.counters["hung_requests"] == 2, TIMEOUT, "node-a's uploads in flight")
+    # Answers nothing for a while, then closes: a failed attempt once node-a resumes.
+    first, warm_up, names = holding_uploads(group, slow, 2, "paused", hang_for=2 * LEASE)
     first.signal(signal.SIGSTOP)
     try:
         second = group.start("node-b", working)
@@ -215,14 +220,13 @@ def test_a_node_paused_past_its_lease_finds_its_claims_gone_and_touches_nothing(
         first.signal(signal.SIGCONT)
 
     wait_until(lambda: '"claim_lost"' in first.output, TIMEOUT, "node-a noticing its lost claims")
-    names_all = warm_up + names
-    # node-a is told while its uploads would end: give it the time to do something wrong.
+    # The stop below lets node-a finish whatever it would still do with those files.
     lost = [event for event in log_events(first.output) if event.get("event") == "claim_lost"]
     assert sorted(names) == sorted(event["file"] for event in lost)
     first.signal(signal.SIGTERM)
     assert 0 == first.wait(TIMEOUT)
 
-    assert_each_delivered_once(group, names_all, slow, working)
+    assert_each_delivered_once(group, warm_up + names, slow, working)
     assert sorted(names) == sorted(delivered_by(second))
     assert warm_up == delivered_by(first)
     first_events = {event.get("event") for event in log_events(first.output)}
