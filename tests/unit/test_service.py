@@ -69,7 +69,9 @@ def test_a_started_target_delivers_the_files_that_were_waiting_and_stops_cleanly
         scheduler = Scheduler()
         scheduler.start()
         service = service_for(target, journal, scheduler, tmp_path)
-        with respx.mock(assert_all_called=False) as router:
+        # respx's "httpx" mocker answers at the client, whatever its transport (the daemon's
+        # own is not httpcore, which respx would patch by default).
+        with respx.mock(assert_all_called=False, using="httpx") as router:
             route = router.post(UPLOAD_URL).mock(return_value=httpx.Response(201))
             await service.start()
             try:
@@ -107,7 +109,7 @@ def test_abort_cuts_off_the_targets_uploads(tmp_path: Path) -> None:
     async def scenario() -> None:
         journal = SqliteJournal.open(":memory:")
         service = service_for(target, journal, Scheduler(), tmp_path)
-        with respx.mock(assert_all_called=False) as router:
+        with respx.mock(assert_all_called=False, using="httpx") as router:
             router.post(UPLOAD_URL).mock(side_effect=hang)
             await service.start()
             drop(target, "a.csv")
