@@ -185,10 +185,11 @@ class AsyncioTransport(httpx.AsyncBaseTransport):
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         timeouts: Mapping[str, float | None] = request.extensions.get("timeout", {})
         await self._acquire(request, timeouts.get("pool"))
+        origin = _origin(request.url)
         connection: _Connection | None = None
         try:
-            connection = self._idle_connection(_origin(request.url)) or await self._connect(
-                request, timeouts.get("connect")
+            connection = self._idle_connection(origin) or await self._connect(
+                origin, request, timeouts.get("connect")
             )
             await connection.send(request, timeouts.get("write"))
             head = await connection.receive_head(request, timeouts.get("read"))
@@ -255,8 +256,7 @@ class AsyncioTransport(httpx.AsyncBaseTransport):
                 return connection
         return None
 
-    async def _connect(self, request: httpx.Request, timeout: float | None) -> _Connection:
-        origin = _origin(request.url)
+    async def _connect(self, origin: Origin, request: httpx.Request, timeout: float | None) -> _Connection:
         scheme, raw_host, port = origin
         host = raw_host.decode("ascii")
         secure = scheme == b"https"

@@ -60,12 +60,19 @@ async def read_request(reader: asyncio.StreamReader) -> bytes:
     return head + await reader.readexactly(length)
 
 
-async def answer_each(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    """Keep-alive: answer every request on the connection with ``OK``."""
-    while True:
-        await read_request(reader)
-        writer.write(OK)
-        await writer.drain()
+def answering(answer: bytes) -> Handler:
+    """Keep-alive: answer every request on the connection with ``answer``."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            await read_request(reader)
+            writer.write(answer)
+            await writer.drain()
+
+    return handler
+
+
+answer_each = answering(OK)
 
 
 def client(connections: int = 4, idle: int = 4, **timeouts: float) -> httpx.AsyncClient:
@@ -175,13 +182,7 @@ def test_a_connection_the_server_closed_while_idle_is_not_reused() -> None:
 
 
 def test_connection_close_in_the_answer_ends_the_connection() -> None:
-    async def answer_and_close(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        while True:
-            await read_request(reader)
-            writer.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok")
-            await writer.drain()
-
-    server = Server(answer_and_close)
+    server = Server(answering(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok"))
 
     async def scenario() -> None:
         async with server.running(), client() as http:
@@ -215,9 +216,6 @@ def test_a_read_timeout_is_httpx_read_timeout_and_the_connection_is_dropped() ->
         if answered == 0:
             answered += 1
             await asyncio.Event().wait()  # never answers this connection
-        await answer_each_after_one(reader, writer)
-
-    async def answer_each_after_one(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         writer.write(OK)
         await writer.drain()
         await answer_each(reader, writer)
@@ -235,14 +233,11 @@ def test_a_read_timeout_is_httpx_read_timeout_and_the_connection_is_dropped() ->
 
 
 def test_a_body_left_unread_closes_its_connection_and_frees_the_slot() -> None:
-    async def chunked(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        while True:
-            await read_request(reader)
-            writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
-            writer.write(b"6\r\n world\r\n0\r\n\r\n")
-            await writer.drain()
-
-    server = Server(chunked)
+    server = Server(
+        answering(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"
+        )
+    )
 
     async def scenario() -> None:
         async with server.running(), client(connections=1) as http:
