@@ -219,7 +219,10 @@ def test_a_node_paused_past_its_lease_finds_its_claims_gone_and_touches_nothing(
     finally:
         first.signal(signal.SIGCONT)
 
-    wait_until(lambda: '"claim_lost"' in first.output, TIMEOUT, "node-a noticing its lost claims")
+    # Each held file's claim is noticed lost on its own: wait for all of them, not the first.
+    wait_until(
+        lambda: first.output.count('"claim_lost"') >= len(names), TIMEOUT, "node-a noticing its lost claims"
+    )
     # The stop below lets node-a finish whatever it would still do with those files.
     lost = [event for event in log_events(first.output) if event.get("event") == "claim_lost"]
     assert sorted(names) == sorted(event["file"] for event in lost)
