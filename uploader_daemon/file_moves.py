@@ -67,7 +67,25 @@ def place(
     nothing changed: if the source cannot be removed from its folder, the new name is
     taken back, so a retry does not leave one more copy behind each time.
     """
+    try:
+        return _place_in(source, directory, name, keep_free, allow_copy, expect)
+    except FileNotFoundError:
+        # The usual directory exists already: making sure first would cost a failed
+        # mkdir and a stat for every file. When the link fails, was it the directory?
+        if directory.is_dir():
+            raise  # no: the source is gone
     directory.mkdir(parents=True, exist_ok=True)
+    return _place_in(source, directory, name, keep_free, allow_copy, expect)
+
+
+def _place_in(
+    source: Path,
+    directory: Path,
+    name: str,
+    keep_free: tuple[str, ...],
+    allow_copy: bool,
+    expect: FileIdentity | None,
+) -> Path:
     for candidate in _candidates(name):
         destination = directory / candidate
         if any(destination.with_name(destination.name + suffix).exists() for suffix in keep_free):
