@@ -11,6 +11,7 @@ import pytest
 import respx
 
 from tests.helpers import tls
+from uploader_daemon.config.schema import ApiSettings
 from uploader_daemon.errors import (
     AuthRejectedError,
     InvalidRequestError,
@@ -18,7 +19,7 @@ from uploader_daemon.errors import (
     PermanentDeliveryError,
     TransientDeliveryError,
 )
-from uploader_daemon.http import check_status, excerpt, retry_after, send
+from uploader_daemon.http import SetCookieJar, build_client, check_status, excerpt, retry_after, send
 from uploader_daemon.urls import join_url, safe_url, same_origin
 
 API = "https://api.example.test"
@@ -268,3 +269,30 @@ def test_an_invalid_url_is_refused_with_a_sentence() -> None:
     with pytest.raises(InvalidRequestError) as caught:
         asyncio.run(go())
     assert "not a valid URL" in str(caught.value)
+
+
+# --- cookies --------------------------------------------------------------------------
+
+
+def test_a_cookie_the_api_sets_is_sent_back_by_the_targets_client() -> None:
+    """A sticky-session cookie survives the fast path for answers that set none."""
+    seen: list[str | None] = []
+
+    def answer_with_cookie(request: httpx.Request) -> httpx.Response:
+        seen.append(request.headers.get("Cookie"))
+        if len(seen) == 1:
+            return httpx.Response(200, headers={"Set-Cookie": "lb=node-2; Path=/"})
+        return httpx.Response(200)
+
+    async def three_requests() -> None:
+        client = build_client(ApiSettings.model_validate({"base_url": API}), connections=1)
+        # httpx keeps the jar in a private attribute: if that changes, this says so.
+        assert isinstance(client.cookies, SetCookieJar)
+        async with client:
+            for _ in range(3):
+                await send(client, "GET", f"{API}/x")
+
+    with respx.mock(using="httpx") as mock:
+        mock.get(f"{API}/x").mock(side_effect=answer_with_cookie)
+        asyncio.run(three_requests())
+    assert [None, "lb=node-2", "lb=node-2"] == seen
