@@ -57,7 +57,7 @@ def place(
     allow_copy: bool = True,
     expect: FileIdentity | None = None,
 ) -> Path:
-    """Move ``source`` into ``directory`` as ``name`` (or ``name`` with a counter).
+    """Move ``source`` into ``directory`` (made when missing) as ``name`` (or ``name`` with a counter).
 
     ``keep_free`` lists suffixes whose companions must also be free (``.error.json``).
     With ``allow_copy=False`` a move that would need a copy raises
@@ -68,17 +68,17 @@ def place(
     taken back, so a retry does not leave one more copy behind each time.
     """
     try:
-        return _place_in(source, directory, name, keep_free, allow_copy, expect)
+        return _place_in_existing(source, directory, name, keep_free, allow_copy, expect)
     except FileNotFoundError:
         # The usual directory exists already: making sure first would cost a failed
         # mkdir and a stat for every file. When the link fails, was it the directory?
         if directory.is_dir():
             raise  # no: the source is gone
     directory.mkdir(parents=True, exist_ok=True)
-    return _place_in(source, directory, name, keep_free, allow_copy, expect)
+    return _place_in_existing(source, directory, name, keep_free, allow_copy, expect)
 
 
-def _place_in(
+def _place_in_existing(
     source: Path,
     directory: Path,
     name: str,

@@ -67,11 +67,11 @@ def build_client(api: ApiSettings, connections: int) -> httpx.AsyncClient:
     )
     # The setter would copy the jar into a plain Cookies; the attribute keeps ours
     # (private: test_http_wrapper.py fails if httpx stops reading it).
-    client._cookies = SetCookieJar()
+    client._cookies = CookiesWhenSet()
     return client
 
 
-class SetCookieJar(httpx.Cookies):
+class CookiesWhenSet(httpx.Cookies):
     """httpx's cookie handling, but a response without ``Set-Cookie`` costs nothing.
 
     httpx hands every response to the jar, which first rebuilds the request and the

@@ -19,7 +19,7 @@ from uploader_daemon.errors import (
     PermanentDeliveryError,
     TransientDeliveryError,
 )
-from uploader_daemon.http import SetCookieJar, build_client, check_status, excerpt, retry_after, send
+from uploader_daemon.http import CookiesWhenSet, build_client, check_status, excerpt, retry_after, send
 from uploader_daemon.urls import join_url, safe_url, same_origin
 
 API = "https://api.example.test"
@@ -287,7 +287,7 @@ def test_a_cookie_the_api_sets_is_sent_back_by_the_targets_client() -> None:
     async def three_requests() -> None:
         client = build_client(ApiSettings.model_validate({"base_url": API}), connections=1)
         # httpx keeps the jar in a private attribute: if that changes, this says so.
-        assert isinstance(client.cookies, SetCookieJar)
+        assert isinstance(client.cookies, CookiesWhenSet)
         async with client:
             for _ in range(3):
                 await send(client, "GET", f"{API}/x")
