@@ -154,7 +154,15 @@ def wait_for_quiet_journal(group: Group) -> None:
     that, and a late duplicate would show in them.
     """
     active = {"pending", "uploading", "delivered"}
-    wait_until(lambda: not [row for row in group.rows() if row["state"] in active], TIMEOUT, "a quiet journal")
+
+    def quiet() -> bool:
+        return not [row for row in group.rows() if row["state"] in active]
+
+    try:
+        wait_until(quiet, TIMEOUT, "a quiet journal")
+    except AssertionError as error:
+        still = [row for row in group.rows() if row["state"] in active]
+        raise AssertionError(f"{error}; still active: {still}") from None
 
 
 def assert_journal_done(group: Group, names: list[str]) -> None:
