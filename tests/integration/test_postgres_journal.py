@@ -683,6 +683,73 @@ def test_an_outage_is_reported_once_and_its_end_once(
             postgres_server.start()  # the session's other tests need it
 
 
+def test_a_statement_sent_before_an_outage_was_noticed_does_not_end_it(postgres_dsn: str) -> None:
+    """As PostgreSQL shuts down, connections fail one by one: the log says down once, up once.
+
+    One statement waits on a row lock while every idle connection of the pool is
+    terminated, so the next statement fails (the outage is noticed). The waiting one then
+    succeeds on its own, older connection: that proves nothing, and the journal stays down
+    until a statement sent afterwards gets through.
+    """
+
+    async def scenario() -> tuple[list[str], str | None, str | None]:
+        with capture_logs() as logs:
+            journal = await opened(postgres_dsn, "node-a")
+            try:
+                record_id = await admitted(journal)
+                claim = await claimed(journal, record_id, "node-a")
+                # Enough idle connections in the pool that the next statement takes a dead one.
+                await asyncio.gather(*(journal.journal_id() for _ in range(8)))
+                async with row_locked(postgres_dsn, record_id):
+                    finishing = asyncio.ensure_future(journal.finish(claim, Disposition.ARCHIVED, "a", T0))
+                    await until_waiting_on_a_lock(postgres_dsn)
+                    await terminate_idle_backends(postgres_dsn)
+                    with pytest.raises(JournalUnavailableError):
+                        await journal.journal_id()
+                await finishing  # the lock is gone: the older statement succeeds
+                still_down = journal.unreachable()
+                await until_it_answers(journal, within=DEADLINE)
+                after = journal.unreachable()
+            finally:
+                await journal.close()
+        return [entry["event"] for entry in logs if entry["event"].startswith("journal_")], still_down, after
+
+    seen, still_down, after = asyncio.run(scenario())
+    assert ["journal_unreachable", "journal_reachable"] == seen
+    assert still_down is not None
+    assert after is None
+
+
+@asynccontextmanager
+async def row_locked(dsn: str, record_id: int) -> AsyncIterator[None]:
+    """The row locked (``FOR UPDATE``) by a transaction of another connection, until exit."""
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as locker, locker.transaction():
+        await locker.execute("SELECT 1 FROM uploader_files WHERE id = %s FOR UPDATE", (record_id,))
+        yield
+
+
+async def until_waiting_on_a_lock(dsn: str) -> None:
+    """Until a backend of the database waits for a lock (within the deadline).
+
+    Asked on a connection of its own: inside a transaction, pg_stat_activity is a snapshot.
+    """
+    query: LiteralString = (
+        "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+    )
+    async with asyncio.timeout(DEADLINE):
+        while not await sql(dsn, query):
+            await asyncio.sleep(0.01)
+
+
+async def terminate_idle_backends(dsn: str) -> None:
+    """What a shutting-down server does to each connection in turn; here to the idle ones."""
+    await sql(
+        dsn,
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+        "WHERE datname = current_database() AND pid <> pg_backend_pid() AND state = 'idle'",
+    )
+
+
 def test_a_claim_is_lost_at_its_own_deadline_while_the_database_is_down(
     postgres_server: PostgresServer, postgres_dsn: str
 ) -> None:

@@ -23,6 +23,7 @@ logged once, when it starts and when it ends) and the work waits for it.
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import time
 import uuid
@@ -88,6 +89,11 @@ class PostgresJournal:
         self._heartbeat: asyncio.Task[None] | None = None
         self._checking: asyncio.Task[None] | None = None
         self._down_since: float | None = None  # monotonic, while the database does not answer
+        # When reachability last changed (monotonic): only a statement sent since then may
+        # change it again. As PostgreSQL shuts down, one connection fails while a statement
+        # on another, sent earlier, still succeeds; without this the log flapped
+        # unreachable, reachable, unreachable within milliseconds.
+        self._reachability_changed_at = -math.inf
         self._monotonic = monotonic
         self._closed = False
         self._log = log.bind(node=node)
@@ -540,24 +546,28 @@ class PostgresJournal:
         self, query: str, parameters: Sequence[Any] | dict[str, Any] = (), *, timeout: float | None = None
     ) -> list[DictRow]:
         """Run one autocommit statement; its rows (none for a statement without a result)."""
+        sent_at = self._monotonic()  # a statement still waiting for a connection is not sent yet
         try:
             async with asyncio.timeout(timeout or max(5.0, self._lease)):
                 async with self._pool.connection() as connection:
+                    sent_at = self._monotonic()
                     cursor = await connection.execute(query, parameters)
                     rows = await cursor.fetchall() if cursor.description is not None else []
         except (psycopg.OperationalError, PoolTimeout, TimeoutError) as error:
-            self._database_down(error)
+            self._database_down(error, sent_at)
             raise JournalUnavailableError(
                 f"the PostgreSQL journal did not answer: {_reason(error)}"
             ) from None
-        if self._down_since is not None:
-            self._log.info("journal_reachable", down_seconds=round(self._monotonic() - self._down_since, 1))
+        if self._down_since is not None and sent_at >= self._reachability_changed_at:
+            now = self._monotonic()
+            self._log.info("journal_reachable", down_seconds=round(now - self._down_since, 1))
             self._down_since = None
+            self._reachability_changed_at = now
         return rows
 
-    def _database_down(self, error: BaseException) -> None:
-        if self._down_since is None:
-            self._down_since = self._monotonic()
+    def _database_down(self, error: BaseException, sent_at: float) -> None:
+        if self._down_since is None and sent_at >= self._reachability_changed_at:
+            self._down_since = self._reachability_changed_at = self._monotonic()
             self._log.error(
                 "journal_unreachable",
                 error=_reason(error),
