@@ -546,7 +546,8 @@ class PostgresJournal:
         self, query: str, parameters: Sequence[Any] | dict[str, Any] = (), *, timeout: float | None = None
     ) -> list[DictRow]:
         """Run one autocommit statement; its rows (none for a statement without a result)."""
-        sent_at = self._monotonic()  # a statement still waiting for a connection is not sent yet
+        # When asked for; set again once a connection is in hand (waiting in the pool is not sending).
+        sent_at = self._monotonic()
         try:
             async with asyncio.timeout(timeout or max(5.0, self._lease)):
                 async with self._pool.connection() as connection:
