@@ -136,6 +136,36 @@ def events(logs: Sequence[MutableMapping[str, Any]], name: str) -> list[MutableM
     return [entry for entry in logs if entry["event"] == name]
 
 
+@asynccontextmanager
+async def row_locked(dsn: str, record_id: int) -> AsyncIterator[None]:
+    """The row locked (``FOR UPDATE``) by a transaction of another connection, until exit."""
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as locker, locker.transaction():
+        await locker.execute("SELECT 1 FROM uploader_files WHERE id = %s FOR UPDATE", (record_id,))
+        yield
+
+
+async def until_waiting_on_a_lock(dsn: str) -> None:
+    """Until a backend of the database waits for a lock (within the deadline).
+
+    Asked on a connection of its own: inside a transaction, pg_stat_activity is a snapshot.
+    """
+    query: LiteralString = (
+        "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+    )
+    async with asyncio.timeout(DEADLINE):
+        while not await sql(dsn, query):
+            await asyncio.sleep(0.01)
+
+
+async def terminate_idle_backends(dsn: str) -> None:
+    """What a shutting-down server does to each connection in turn; here to the idle ones."""
+    await sql(
+        dsn,
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+        "WHERE datname = current_database() AND pid <> pg_backend_pid() AND state = 'idle'",
+    )
+
+
 # --- admission and claims between nodes ----------------------------------------------
 
 
@@ -718,36 +748,6 @@ def test_a_statement_sent_before_an_outage_was_noticed_does_not_end_it(postgres_
     assert ["journal_unreachable", "journal_reachable"] == seen
     assert still_down is not None
     assert after is None
-
-
-@asynccontextmanager
-async def row_locked(dsn: str, record_id: int) -> AsyncIterator[None]:
-    """The row locked (``FOR UPDATE``) by a transaction of another connection, until exit."""
-    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as locker, locker.transaction():
-        await locker.execute("SELECT 1 FROM uploader_files WHERE id = %s FOR UPDATE", (record_id,))
-        yield
-
-
-async def until_waiting_on_a_lock(dsn: str) -> None:
-    """Until a backend of the database waits for a lock (within the deadline).
-
-    Asked on a connection of its own: inside a transaction, pg_stat_activity is a snapshot.
-    """
-    query: LiteralString = (
-        "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
-    )
-    async with asyncio.timeout(DEADLINE):
-        while not await sql(dsn, query):
-            await asyncio.sleep(0.01)
-
-
-async def terminate_idle_backends(dsn: str) -> None:
-    """What a shutting-down server does to each connection in turn; here to the idle ones."""
-    await sql(
-        dsn,
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-        "WHERE datname = current_database() AND pid <> pg_backend_pid() AND state = 'idle'",
-    )
 
 
 def test_a_claim_is_lost_at_its_own_deadline_while_the_database_is_down(

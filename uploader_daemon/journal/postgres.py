@@ -17,13 +17,12 @@ While this node holds claims, a heartbeat renews its leases every ``lease / 3``;
 not renewed in time is lost locally at its own deadline (:mod:`.leases`), database or
 not. Statements are single and autocommit, on a small connection pool; when the
 database cannot be reached they raise :class:`JournalUnavailableError` (the outage is
-logged once, when it starts and when it ends) and the work waits for it.
+logged once, when it starts and when it ends: :mod:`.reachability`) and the work waits for it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import math
 import os
 import time
 import uuid
@@ -47,6 +46,7 @@ from uploader_daemon.journal.model import (
     TargetCounts,
 )
 from uploader_daemon.journal.postgres_schema import prepare
+from uploader_daemon.journal.reachability import Reachability
 from uploader_daemon.logs import get_logger
 
 log = get_logger(__name__)
@@ -88,12 +88,7 @@ class PostgresJournal:
         self._leases = Leases(lease, monotonic)
         self._heartbeat: asyncio.Task[None] | None = None
         self._checking: asyncio.Task[None] | None = None
-        self._down_since: float | None = None  # monotonic, while the database does not answer
-        # When reachability last changed (monotonic): only a statement sent since then may
-        # change it again. As PostgreSQL shuts down, one connection fails while a statement
-        # on another, sent earlier, still succeeds; without this the log flapped
-        # unreachable, reachable, unreachable within milliseconds.
-        self._reachability_changed_at = -math.inf
+        self._reachability = Reachability(monotonic)
         self._monotonic = monotonic
         self._closed = False
         self._log = log.bind(node=node)
@@ -175,9 +170,10 @@ class PostgresJournal:
         return self._leases.watch(claim.record_id, claim.fence)
 
     def unreachable(self) -> str | None:
-        if self._down_since is None:
+        down_for = self._reachability.down_for
+        if down_for is None:
             return None
-        return f"the PostgreSQL journal has not answered for {self._monotonic() - self._down_since:.0f} s"
+        return f"the PostgreSQL journal has not answered for {down_for:.0f} s"
 
     # --- discovery -------------------------------------------------------------------
 
@@ -546,12 +542,11 @@ class PostgresJournal:
         self, query: str, parameters: Sequence[Any] | dict[str, Any] = (), *, timeout: float | None = None
     ) -> list[DictRow]:
         """Run one autocommit statement; its rows (none for a statement without a result)."""
-        # When asked for; set again once a connection is in hand (waiting in the pool is not sending).
-        sent_at = self._monotonic()
+        sent_at = self._reachability.sent_at()
         try:
             async with asyncio.timeout(timeout or max(5.0, self._lease)):
                 async with self._pool.connection() as connection:
-                    sent_at = self._monotonic()
+                    sent_at = self._reachability.sent_at()
                     cursor = await connection.execute(query, parameters)
                     rows = await cursor.fetchall() if cursor.description is not None else []
         except (psycopg.OperationalError, PoolTimeout, TimeoutError) as error:
@@ -559,16 +554,12 @@ class PostgresJournal:
             raise JournalUnavailableError(
                 f"the PostgreSQL journal did not answer: {_reason(error)}"
             ) from None
-        if self._down_since is not None and sent_at >= self._reachability_changed_at:
-            now = self._monotonic()
-            self._log.info("journal_reachable", down_seconds=round(now - self._down_since, 1))
-            self._down_since = None
-            self._reachability_changed_at = now
+        if (down_for := self._reachability.answered(sent_at)) is not None:
+            self._log.info("journal_reachable", down_seconds=round(down_for, 1))
         return rows
 
     def _database_down(self, error: BaseException, sent_at: float) -> None:
-        if self._down_since is None and sent_at >= self._reachability_changed_at:
-            self._down_since = self._reachability_changed_at = self._monotonic()
+        if self._reachability.failed(sent_at):
             self._log.error(
                 "journal_unreachable",
                 error=_reason(error),
