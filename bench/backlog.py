@@ -1,9 +1,9 @@
 """A backlog already waiting when the daemon starts, vs a bare httpx client sending it.
 
 Both sides send the same files (count and size), ``concurrency`` at a time, to the same
-emulator process, twice each, in the order peer, daemon, daemon, peer (as
-``small_files``): whatever slows the machine or the server run by run (the emulator's
-records grow; the disk churns) then weighs on both sides alike.
+emulator process, twice each, in the order peer, daemon, daemon, peer
+(``harness.alternating``): whatever slows the machine or the server run by run then
+weighs on both sides alike.
 
 - Peer (bare ``httpx.AsyncClient``): the files exist; the login is done before the
   clock starts; timed from the first request until the last response is in.
@@ -30,8 +30,8 @@ from pathlib import Path
 
 from bench.harness import (
     DaemonFolders,
-    Run,
     Server,
+    alternating,
     bare_client,
     earliest_ctime,
     latest_ctime,
@@ -51,14 +51,12 @@ _DEADLINE = 600.0
 
 def run(server: Server, work: Path, *, count: int, size: int, concurrency: int) -> list[Row]:
     """Send a ``count``-file backlog of ``size``-byte files twice from each side; return three rows."""
-    bare: list[Run] = []
-    ours: list[_DaemonPass] = []
-    for number, side in enumerate(("bare", "daemon", "daemon", "bare")):
-        if side == "bare":
-            bare.append(bare_client(server.url, work / f"bare-{number}", count, size, concurrency))
-            server.clear_received()
-        else:
-            ours.append(_daemon_pass(server, work / f"daemon-{number}", count, size, concurrency))
+    bare, ours = alternating(
+        server,
+        work,
+        lambda folder: bare_client(server.url, folder, count, size, concurrency),
+        lambda folder: _daemon_pass(server, folder, count, size, concurrency),
+    )
     sent = 2 * count
     peer_seconds = sum(run.seconds for run in bare)
     daemon_seconds = sum(one.seconds for one in ours)
@@ -71,7 +69,7 @@ def run(server: Server, work: Path, *, count: int, size: int, concurrency: int) 
             goal=Goal.at_most(1.0),
             details={
                 "passes_s": " ".join(f"{one.first_upload:.3f}" for one in ours),
-                "from_process_start_s": " ".join(f"{one.first_from_launch:.3f}" for one in ours),
+                "from_process_start_s": " ".join(f"{one.start_up + one.first_upload:.3f}" for one in ours),
                 "process_start_to_daemon_starting_s": " ".join(f"{one.start_up:.3f}" for one in ours),
             },
         ),
@@ -103,7 +101,6 @@ class _DaemonPass:
 
     seconds: float  # daemon_starting to the last archive move
     first_upload: float  # daemon_starting to the first file stored
-    first_from_launch: float  # the same from Popen
     start_up: float  # Popen to daemon_starting
     cpu_seconds: float
     peak_rss_mib: float
@@ -124,11 +121,9 @@ def _daemon_pass(server: Server, root: Path, count: int, size: int, concurrency:
         raise RuntimeError(f"the daemon never logged daemon_starting: see {folders.log}")
     first_stored = earliest_ctime(server.received_files())
     last_archived = latest_ctime(list(folders.sent.iterdir()))
-    server.clear_received()
     return _DaemonPass(
         seconds=last_archived - starting,
         first_upload=first_stored - starting,
-        first_from_launch=first_stored - launched,
         start_up=starting - launched,
         cpu_seconds=cpu_seconds,
         peak_rss_mib=peak_rss_mib,

@@ -11,6 +11,7 @@ Used by the benchmarks in ``bench/`` (numbers for people, ``bench/run.py``) and 
   that already exist.
 - The daemon (``running_daemon``) is ``python -m uploader_daemon run`` as its own
   process, with a config written here; the caller decides when files appear.
+- ``alternating`` runs the two sides peer, daemon, daemon, peer against one server.
 
 Where both ends of an interval are points in a file's life (renamed, stored by the
 server, archived), they are read from the files' ``st_ctime``: the kernel stamps them
@@ -37,6 +38,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import TypeVar
 
 import httpx
 
@@ -46,6 +48,8 @@ MIB = 1024 * 1024
 _DEADLINE = 120.0
 # The emulator stores flow T uploads as envio/<upload id>/<name> under its storage dir.
 _RECEIVED_DIR = "envio"
+PeerRun = TypeVar("PeerRun")
+DaemonRun = TypeVar("DaemonRun")
 
 _CONFIG = """
 state_dir: {root}/state
@@ -136,6 +140,27 @@ def running_emulator(storage: Path) -> Iterator[str]:
     """The emulator as its own process on a free port; yields its base URL."""
     with running_server(storage) as server:
         yield server.url
+
+
+def alternating(
+    server: Server, work: Path, peer: Callable[[Path], PeerRun], ours: Callable[[Path], DaemonRun]
+) -> tuple[list[PeerRun], list[DaemonRun]]:
+    """Each side twice, in the order peer, daemon, daemon, peer; each in a folder of its own.
+
+    Whoever runs second on one server is handicapped by what the first left behind (the
+    emulator's records grow, the disk churns); ABBA cancels a steady drift. What the
+    server stored is deleted after every pass.
+    """
+    peers: list[PeerRun] = []
+    daemons: list[DaemonRun] = []
+    for number, side in enumerate(("bare", "daemon", "daemon", "bare")):
+        folder = work / f"{side}-{number}"
+        if side == "bare":
+            peers.append(peer(folder))
+        else:
+            daemons.append(ours(folder))
+        server.clear_received()
+    return peers, daemons
 
 
 def login(url: str) -> str:

@@ -15,8 +15,8 @@ Whoever goes second on one server is handicapped by what the first left behind: 
 the emulator storing on this machine's ext4, its CPU per request grew from 1.1 ms in a
 first pass of 3,000 requests to 2.6 ms in a fourth (file creation on a churned disk);
 storing in RAM, as it does now, from 0.73 to 0.82 ms over four passes of 8,000 (its
-records grow). The sides run in the order peer, daemon, daemon, peer (ABBA) and each
-figure is over both of its passes, which cancels a steady drift.
+records grow). So the sides run in the order peer, daemon, daemon, peer
+(``harness.alternating``) and each figure is over both of its passes.
 
 The figure is files per second; CPU per file of each side is in the details.
 ``BENCH_PROFILE="-m cProfile -o out.prof"`` runs the daemon under a profiler.
@@ -27,7 +27,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from bench.harness import Run, Server, bare_client, daemon
+from bench.harness import Run, Server, alternating, bare_client, daemon
 from bench.results import Goal, Row
 
 NAME = "small_files"
@@ -36,15 +36,13 @@ NAME = "small_files"
 def run(server: Server, work: Path, *, count: int, size: int, concurrency: int) -> list[Row]:
     """Send ``count`` files of ``size`` bytes from each side; return the files/s row."""
     profile = os.environ.get("BENCH_PROFILE", "").split()
-    runs: dict[str, list[Run]] = {"bare": [], "daemon": []}
-    for number, side in enumerate(("bare", "daemon", "daemon", "bare")):
-        folder = work / f"{side}-{number}"
-        if side == "bare":
-            runs[side].append(bare_client(server.url, folder, count, size, concurrency))
-        else:
-            runs[side].append(daemon(server.url, folder, count, size, concurrency, python_options=profile))
-        server.clear_received()
-    bare, ours = _total(runs["bare"]), _total(runs["daemon"])
+    peers, daemons = alternating(
+        server,
+        work,
+        lambda folder: bare_client(server.url, folder, count, size, concurrency),
+        lambda folder: daemon(server.url, folder, count, size, concurrency, python_options=profile),
+    )
+    bare, ours = _total(peers), _total(daemons)
     sent = 2 * count  # each side sent count files twice
     return [
         Row(
