@@ -153,16 +153,14 @@ def wait_for_quiet_journal(group: Group) -> None:
     its own after the archive and finds the file gone a moment later; the checks wait for
     that, and a late duplicate would show in them.
     """
-    active = {"pending", "uploading", "delivered"}
 
-    def quiet() -> bool:
-        return not [row for row in group.rows() if row["state"] in active]
+    def still_active() -> list[dict[str, Any]]:
+        return [row for row in group.rows() if row["state"] in {"pending", "uploading", "delivered"}]
 
     try:
-        wait_until(quiet, TIMEOUT, "a quiet journal")
+        wait_until(lambda: not still_active(), TIMEOUT, "a quiet journal")
     except AssertionError as error:
-        still = [row for row in group.rows() if row["state"] in active]
-        raise AssertionError(f"{error}; still active: {still}") from None
+        raise AssertionError(f"{error}; still active: {still_active()}") from None
 
 
 def assert_journal_done(group: Group, names: list[str]) -> None:
